@@ -1,0 +1,16 @@
+"""The reference site's channels: one declaration each.
+
+Each is attached to its model through ``Meta.triggers`` (see ``blog/models.py``), so its
+trigger is installed by a migration; its handler lives in ``listeners/``.
+"""
+
+from eventbus import DELETE, INSERT, UPDATE, Channel
+
+comment_created = Channel("comment_created", operations=[INSERT], key="post")
+post_created = Channel("post_created", operations=[INSERT], key="id")
+# An edit of the body makes the word count stale; title-only edits make no event.
+post_edited = Channel("post_edited", operations=[UPDATE], key="id", changed=["body"])
+post_tags_changed = Channel("post_tags_changed", operations=[INSERT, DELETE], key="post")
+post_categories_changed = Channel(
+    "post_categories_changed", operations=[INSERT, DELETE], key="post"
+)

@@ -1,0 +1,52 @@
+"""What a handler receives: one event, decoded from its row in the event table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+STATES = (PENDING, DONE, FAILED)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change to one row.
+
+    ``old`` and ``new`` are the row as it was and as it became (``None`` for INSERT and
+    DELETE respectively), as JSON objects keyed by column name (``post_id``, not ``post``).
+    ``attempt`` counts from 1.
+    """
+
+    id: int
+    channel: str
+    operation: str
+    table: str
+    key: str | None
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    created_at: datetime
+    attempt: int
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The row the event is about: ``new`` if there is one, else ``old``."""
+        row = self.new if self.new is not None else self.old
+        assert row is not None
+        return row
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Event:
+        """Build from a claim query row (see ``eventbus.sql.CLAIM_COLUMNS``)."""
+        id_, channel, operation, table, key, old, new, created_at, attempts = row
+        return cls(
+            id_, channel, operation, table, key, _json(old), _json(new), created_at, attempts + 1
+        )

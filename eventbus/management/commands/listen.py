@@ -1,0 +1,56 @@
+"""./manage.py listen: run worker processes that handle events as they are committed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from eventbus import conf
+from eventbus.management.commands import _options
+from eventbus.supervisor import Supervisor
+from eventbus.worker import WorkerOptions
+
+
+class Command(BaseCommand):
+    help = "Handle events: N worker processes claim committed events and run their handlers."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        settings = conf.get()
+        parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+        parser.add_argument(
+            "--channels", nargs="+", metavar="NAME", help="channels to handle (default: all)"
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=settings.BATCH_SIZE,
+            help=f"events claimed per round trip (default {settings.BATCH_SIZE})",
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            default=settings.POLL_INTERVAL,
+            help="seconds between table polls when no NOTIFY arrives "
+            f"(default {settings.POLL_INTERVAL})",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        settings = conf.get()
+        if options["processes"] < 1:
+            raise CommandError("--processes must be at least 1")
+        if options["batch_size"] < 1:
+            raise CommandError("--batch-size must be at least 1")
+        if options["poll_interval"] <= 0:
+            raise CommandError("--poll-interval must be positive")
+        worker_options = WorkerOptions(
+            channels=_options.channels(options["channels"]),
+            batch_size=options["batch_size"],
+            poll_interval=options["poll_interval"],
+            reconnect_max_delay=settings.RECONNECT_MAX_DELAY,
+            alias=settings.DATABASE_ALIAS,
+        )
+        supervisor = Supervisor(options["processes"], worker_options, settings.SHUTDOWN_TIMEOUT)
+        code = supervisor.run()
+        if code:
+            raise SystemExit(code)

@@ -1,0 +1,58 @@
+"""./manage.py recover: replay events never handled or failed, safely beside listeners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from eventbus import conf, recovery
+from eventbus.management.commands import _options
+
+
+class Command(BaseCommand):
+    help = (
+        "Replay pending and failed events through the normal claim path. "
+        "Exits 1 if any event in scope is still failed at the end."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--channel", action="append", metavar="NAME", help="only this channel (repeatable)"
+        )
+        parser.add_argument(
+            "--since",
+            metavar="TIMESTAMP",
+            help="only events written at or after this ISO date or date-time",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="count what would be replayed; change nothing"
+        )
+        parser.add_argument("--batch-size", type=int, default=conf.get().BATCH_SIZE)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["batch_size"] < 1:
+            raise CommandError("--batch-size must be at least 1")
+        alias = conf.get().DATABASE_ALIAS
+        scope = recovery.scope_for(
+            _options.channels(options["channel"]), _options.timestamp(options["since"])
+        )
+        if options["dry_run"]:
+            counts = recovery.plan(scope, alias)
+            self._table("would replay", counts)
+            self.stdout.write(f"total: {sum(counts.values())} (dry run: nothing changed)")
+            return
+        summary = recovery.replay(scope, options["batch_size"], alias)
+        self._table("replayed", dict(summary.outcomes))
+        self.stdout.write(
+            f"total: {sum(summary.outcomes.values())}; still failed: {summary.still_failed}"
+        )
+        if summary.still_failed:
+            raise SystemExit(1)
+
+    def _table(self, title: str, counts: dict[tuple[str, str], int]) -> None:
+        self.stdout.write(f"{title}:")
+        if not counts:
+            self.stdout.write("  (nothing)")
+        for (channel, outcome), count in sorted(counts.items()):
+            self.stdout.write(f"  {channel:<28} {outcome:<8} {count:>8}")

@@ -1,0 +1,55 @@
+"""The event table: the durable record of every change and of its handling."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models.functions import Now
+
+from eventbus.event import DONE, FAILED, PENDING
+
+
+class EventRecord(models.Model):
+    """One row per event, written by the channel triggers in the writer's transaction."""
+
+    class State(models.TextChoices):
+        PENDING = PENDING
+        DONE = DONE
+        FAILED = FAILED
+
+    id = models.BigAutoField(primary_key=True)
+    channel = models.CharField(max_length=64)
+    operation = models.CharField(max_length=8)
+    table_name = models.CharField(max_length=63)
+    key = models.TextField(null=True, blank=True)
+    old = models.JSONField(null=True, blank=True)
+    new = models.JSONField(null=True, blank=True)
+    state = models.CharField(
+        max_length=16, choices=State.choices, default=PENDING, db_default=PENDING
+    )
+    attempts = models.IntegerField(default=0, db_default=0)
+    created_at = models.DateTimeField(db_default=Now())
+    first_claimed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(null=True, blank=True)
+    worker = models.CharField(max_length=128, null=True, blank=True)
+
+    class Meta:
+        db_table = "eventbus_event"
+        verbose_name = "event"
+        indexes = [
+            # The listener's claim: oldest pending first. Partial, so done history is free.
+            models.Index(
+                fields=["id"],
+                name="eventbus_event_pending",
+                condition=models.Q(state=PENDING),
+            ),
+            # recover and operators: failed events by channel.
+            models.Index(
+                fields=["channel", "id"],
+                name="eventbus_event_failed",
+                condition=models.Q(state=FAILED),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"event {self.id} ({self.channel}, {self.state})"

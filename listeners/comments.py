@@ -1,0 +1,45 @@
+"""Comment created: email the post's author."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+import channels
+from blog.models import Post
+from eventbus import Event
+from listeners import mail
+from listeners.errors import RowGone
+
+PRIMARY = "default"  # handlers read the primary: a replica may not have the row yet
+
+
+def message_id(event: Event) -> str:
+    """The same on every attempt for the same event, so receivers can drop a duplicate."""
+    domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
+    return f"<eventbus.{event.channel}.{event.id}@{domain}>"
+
+
+@channels.comment_created.on
+def email_post_author(event: Event) -> None:
+    comment = event.row
+    try:
+        post = Post.objects.using(PRIMARY).select_related("author").get(pk=comment["post_id"])
+    except Post.DoesNotExist:
+        raise RowGone(
+            f"post {comment['post_id']} of comment {comment['id']} no longer exists"
+        ) from None
+    if post.author_id == comment["author_id"]:
+        return  # nobody needs an email about their own comment
+    if not post.author.email:
+        return
+    commenter = get_user_model().objects.using(PRIMARY).filter(pk=comment["author_id"]).first()
+    who = commenter.get_username() if commenter else "someone"
+    quoted = "\n".join(f"> {line}" for line in comment["body"].splitlines())
+    message = mail.EmailMessage(
+        subject=f'New comment on "{post.title}"',
+        body=f'{who} commented on your post "{post.title}":\n\n{quoted}\n',
+        to=[post.author.email],
+        headers={"Message-ID": message_id(event), "X-Eventbus-Event": str(event.id)},
+    )
+    mail.send(message)
