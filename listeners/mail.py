@@ -26,7 +26,8 @@ def _open() -> Any:
     return _connection
 
 
-def _discard() -> None:
+def close() -> None:
+    """Close this process's SMTP connection (the next send opens a new one)."""
     global _connection
     if _connection is not None:
         with contextlib.suppress(Exception):  # it is already broken; nothing to save
@@ -41,7 +42,7 @@ def send(message: EmailMessage) -> None:
         try:
             sent = connection.send_messages([message])
         except (smtplib.SMTPServerDisconnected, ConnectionError, OSError):
-            _discard()
+            close()
             if attempt == 2:
                 raise
             continue

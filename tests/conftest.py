@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+
+from blog.models import Post
+from listeners import mail
+from tests.support import Listener, SMTPServer
+
+
+@pytest.fixture
+def smtp() -> Iterator[SMTPServer]:
+    server = SMTPServer().start()
+    yield server
+    mail.close()  # this process's cached connection points at the server being stopped
+    server.stop()
+
+
+@pytest.fixture
+def start_listener(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
+    """Start `./manage.py listen ARGS` processes; all are stopped at the end of the test."""
+    started: list[Listener] = []
+
+    def start(*args: str, smtp: SMTPServer | None = None, workers: int | None = None) -> Listener:
+        listener = Listener(tmp_path / f"listen-{len(started)}.log", *args, smtp=smtp)
+        started.append(listener)
+        if workers:
+            listener.wait_started(workers)
+        return listener
+
+    yield start
+    for listener in started:
+        listener.stop()
+
+
+@pytest.fixture
+def author(db: None) -> User:
+    return User.objects.create_user("ada", email="ada@example.com")
+
+
+@pytest.fixture
+def reader(db: None) -> User:
+    return User.objects.create_user("bob", email="bob@example.com")
+
+
+@pytest.fixture
+def post(author: User) -> Post:
+    return Post.objects.create(title="Engines", body="the analytical engine weaves", author=author)
