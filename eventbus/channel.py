@@ -39,6 +39,7 @@ EVENT_TABLE = "eventbus_event"
 NOTIFY_PREFIX = "eventbus_"
 
 Handler = Callable[["Event"], Any]
+BatchHandler = Callable[[list["Event"]], Any]
 
 
 def notify_channel(name: str) -> str:
@@ -71,7 +72,7 @@ class Channel:
     key: str | None = None
     changed: Sequence[str] = ()
     notify: bool = True
-    handler: Handler | None = field(default=None, repr=False)
+    handler: Handler | BatchHandler | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -101,7 +102,18 @@ class Channel:
         claimed the event, in a savepoint: its database writes commit together with the
         event being marked done, or not at all.
         """
-        registry.set_handler(self.name, handler)
+        registry.set_handler(self.name, registry.Registration(handler))
+        self.handler = handler
+        return handler
+
+    def on_batch(self, handler: BatchHandler) -> BatchHandler:
+        """Decorator: register a handler that takes all of a batch's events of this channel.
+
+        Use it to aggregate (sum counter deltas, send one request for many events) and to
+        take row locks in one fixed order. If it raises, the engine runs it again once per
+        event, each in its own savepoint, so only the events that fail are failed.
+        """
+        registry.set_handler(self.name, registry.Registration(handler, batch=True))
         self.handler = handler
         return handler
 

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from eventbus.channel import Channel
 
-_channels: dict[str, Channel] = {}
-_handlers: dict[str, Callable[..., Any]] = {}
-
 
 class UnknownChannel(LookupError):
     """An event names a channel that no handler is registered for."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A channel's handler; a batch handler takes a list of events, others one event."""
+
+    handler: Callable[..., Any]
+    batch: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.handler.__module__}.{self.handler.__qualname__}"
+
+
+_channels: dict[str, Channel] = {}
+_handlers: dict[str, Registration] = {}
 
 
 def add_channel(channel: Channel) -> None:
@@ -23,17 +37,14 @@ def add_channel(channel: Channel) -> None:
     _channels[channel.name] = channel
 
 
-def set_handler(channel_name: str, handler: Callable[..., Any]) -> None:
+def set_handler(channel_name: str, registration: Registration) -> None:
     existing = _handlers.get(channel_name)
-    if existing is not None and existing is not handler:
-        raise ValueError(
-            f"channel {channel_name!r} already has the handler "
-            f"{existing.__module__}.{existing.__qualname__}"
-        )
-    _handlers[channel_name] = handler
+    if existing is not None and existing != registration:
+        raise ValueError(f"channel {channel_name!r} already has the handler {existing.name}")
+    _handlers[channel_name] = registration
 
 
-def handler_for(channel_name: str) -> Callable[..., Any]:
+def handler_for(channel_name: str) -> Registration:
     try:
         return _handlers[channel_name]
     except KeyError:
@@ -46,7 +57,3 @@ def channels() -> list[Channel]:
 
 def channel_names() -> list[str]:
     return sorted(_channels)
-
-
-def handled_channel_names() -> list[str]:
-    return sorted(_handlers)

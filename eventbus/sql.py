@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg import sql
 
-from eventbus.event import DONE, FAILED, PENDING
+from eventbus.event import DONE, PENDING
 
 TABLE = sql.Identifier("eventbus_event")
 
@@ -88,17 +88,21 @@ MARK_DONE = sql.SQL(
     "worker = %s WHERE id = ANY(%s)"
 ).format(table=TABLE, done=sql.Literal(DONE))
 
-MARK_FAILED = sql.SQL(
-    "UPDATE {table} AS e SET state = {failed}, attempts = e.attempts + 1, "
+MARK_ERRORS = sql.SQL(
+    "UPDATE {table} AS e SET state = f.state, attempts = e.attempts + 1, "
     "first_claimed_at = coalesce(e.first_claimed_at, now()), finished_at = clock_timestamp(), "
     "worker = %s, last_error = f.error "
-    "FROM unnest(%s::bigint[], %s::text[]) AS f(id, error) WHERE e.id = f.id"
-).format(table=TABLE, failed=sql.Literal(FAILED))
+    "FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS f(id, state, error) WHERE e.id = f.id"
+).format(table=TABLE)
 
 
 def mark_done(worker: str, ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     return MARK_DONE, [worker, list(ids)]
 
 
-def mark_failed(worker: str, failures: Sequence[tuple[int, str]]) -> tuple[sql.Composed, list[Any]]:
-    return MARK_FAILED, [worker, [i for i, _ in failures], [e for _, e in failures]]
+def mark_errors(
+    worker: str, errors: Sequence[tuple[int, str, str]]
+) -> tuple[sql.Composed, list[Any]]:
+    """Record (id, new state, error) for each event whose handler raised."""
+    ids, states, texts = zip(*errors, strict=True) if errors else ((), (), ())
+    return MARK_ERRORS, [worker, list(ids), list(states), list(texts)]

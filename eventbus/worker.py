@@ -50,6 +50,7 @@ class Worker:
         self.executor = Executor(self.name, options.alias)
         self.scope = Scope(channels=options.channels)
         self._stopping = False
+        self._parent_pid = os.getppid()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
@@ -75,6 +76,7 @@ class Worker:
                     self.drain()
                     while not self._stopping:
                         notifier.wait(self.options.poll_interval, self._wake_r)
+                        self._stop_if_orphaned()
                         self.drain()
             except CONNECTION_ERRORS as exc:
                 if self._stopping:
@@ -101,6 +103,12 @@ class Worker:
             if len(outcomes) < self.options.batch_size:
                 break
         return total
+
+    def _stop_if_orphaned(self) -> None:
+        """A worker whose supervisor died (kill -9) stops instead of running unsupervised."""
+        if os.getppid() != self._parent_pid:
+            log.warning("worker %s lost its supervisor; stopping", self.name)
+            self.request_stop()
 
     def _close_claim_connection(self) -> None:
         with contextlib.suppress(CONNECTION_ERRORS):

@@ -1,9 +1,13 @@
 """Post tags or categories changed: keep each tag's and category's post_count.
 
-Increments, not recounts: a lost or doubled event shows as a wrong count.
+Increments, not recounts: a lost or doubled event shows as a wrong count. The handler takes
+a whole batch, nets the deltas per tag, and updates tags in id order: every worker locks
+counter rows in the same order, so concurrent batches queue instead of deadlocking.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 from django.db.models import F, Model
 
@@ -14,19 +18,26 @@ from eventbus import DELETE, INSERT, Event
 PRIMARY = "default"
 
 
-def _adjust(model: type[Model], column: str, event: Event) -> None:
-    delta = {INSERT: 1, DELETE: -1}[event.operation]
-    # A tag deleted since simply has no count to keep: zero rows updated is correct.
-    model._default_manager.using(PRIMARY).filter(pk=event.row[column]).update(
-        post_count=F("post_count") + delta
-    )
+def net_deltas(events: list[Event], column: str) -> Counter[int]:
+    deltas: Counter[int] = Counter()
+    for event in events:
+        deltas[event.row[column]] += {INSERT: 1, DELETE: -1}[event.operation]
+    return deltas
 
 
-@channels.post_tags_changed.on
-def count_tag_links(event: Event) -> None:
-    _adjust(Tag, "tag_id", event)
+def _apply(model: type[Model], deltas: Counter[int]) -> None:
+    manager = model._default_manager.using(PRIMARY)
+    for pk in sorted(deltas):
+        if deltas[pk]:
+            # A tag deleted since simply has no count to keep: zero rows updated is correct.
+            manager.filter(pk=pk).update(post_count=F("post_count") + deltas[pk])
 
 
-@channels.post_categories_changed.on
-def count_category_links(event: Event) -> None:
-    _adjust(Category, "category_id", event)
+@channels.post_tags_changed.on_batch
+def count_tag_links(events: list[Event]) -> None:
+    _apply(Tag, net_deltas(events, "tag_id"))
+
+
+@channels.post_categories_changed.on_batch
+def count_category_links(events: list[Event]) -> None:
+    _apply(Category, net_deltas(events, "category_id"))

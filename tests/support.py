@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import os
 import signal
@@ -50,7 +51,7 @@ class Mailbox:
     messages: list[Message] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content)
         with self.lock:
             self.messages.append(message)
@@ -72,10 +73,14 @@ class SMTPServer:
 
     def start(self) -> SMTPServer:
         self._controller.start()
+        self.running = True
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        """Stop accepting mail (idempotent: a test may stop it early to play an outage)."""
+        if getattr(self, "running", False):
+            self._controller.stop()
+            self.running = False
 
 
 def database_url() -> str:
@@ -101,7 +106,9 @@ def manage_env(smtp: SMTPServer | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def manage(*args: str, smtp: SMTPServer | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def manage(
+    *args: str, smtp: SMTPServer | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run ./manage.py ARGS as a real process against the test database."""
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -143,8 +150,11 @@ class Listener:
             return []
 
     def wait_started(self, workers: int, timeout: float = 30) -> None:
-        wait_until(lambda: self.log().count(" started (channels") >= workers, timeout,
-                   what=f"{workers} worker(s) to start; log:\n{self.log()}")
+        wait_until(
+            lambda: self.log().count(" started (channels") >= workers,
+            timeout,
+            what=f"{workers} worker(s) to start; log:\n{self.log()}",
+        )
 
     def terminate(self, timeout: float = 15) -> int:
         """SIGTERM, as systemd or Kubernetes would; returns the exit code."""
@@ -159,8 +169,6 @@ class Listener:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         else:  # the supervisor is gone; make sure no orphaned worker survives it
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._log.close()

@@ -80,10 +80,10 @@ def test_raw_sql_and_copy_make_events(author: User, post: Post) -> None:
             )
 
     def copy() -> None:
-        with connection.cursor() as cursor:
-            with cursor.copy("COPY blog_comment (post_id, author_id, body) FROM STDIN") as cp:
-                for i in range(3):
-                    cp.write_row((post.pk, author.pk, f"copied {i}"))
+        statement = "COPY blog_comment (post_id, author_id, body) FROM STDIN"
+        with connection.cursor() as cursor, cursor.copy(statement) as cp:
+            for i in range(3):
+                cp.write_row((post.pk, author.pk, f"copied {i}"))
 
     assert events_after(raw) == {("comment_created", "INSERT"): 2}
     assert events_after(copy) == {("comment_created", "INSERT"): 3}

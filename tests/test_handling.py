@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import override_settings
 
 from blog.models import Category, Comment, Post, Tag
@@ -11,7 +13,7 @@ from eventbus import Channel, Event
 from eventbus.executor import Executor
 from eventbus.models import EventRecord
 from eventbus.sql import Scope
-from tests.support import SMTPServer, free_port
+from tests.support import SMTPServer, database_url, free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -77,9 +79,7 @@ def test_handled_events_are_marked_done_once(post: Post, reader: User, smtp: SMT
     assert run_all() == []
 
 
-def test_comment_email_goes_to_the_post_author(
-    post: Post, reader: User, smtp: SMTPServer
-) -> None:
+def test_comment_email_goes_to_the_post_author(post: Post, reader: User, smtp: SMTPServer) -> None:
     Comment.objects.create(post=post, author=reader, body="Lovely engine.\nMore, please.")
     with smtp_settings(smtp.port):
         run_all()
@@ -172,3 +172,46 @@ def test_a_row_deleted_before_its_event_runs_fails_with_a_clear_reason(
     assert record.last_error.startswith(
         f"RowGone: post {post.pk} of comment {comment.pk} no longer exists"
     )
+
+
+locks_a_tag = Channel("test_locks_a_tag")
+
+
+@locks_a_tag.on
+def _lock_tag(event: Event) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL lock_timeout = '100ms'")
+    Tag.objects.select_for_update().get(pk=event.row["tag_id"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transient_lock_error_defers_the_event_instead_of_failing_it() -> None:
+    tag = Tag.objects.create(name="contended")
+    record = EventRecord.objects.create(
+        channel="test_locks_a_tag", operation="INSERT", table_name="x", new={"tag_id": tag.pk}
+    )
+    with psycopg.connect(database_url()) as other:  # another transaction holds the row
+        other.execute("SELECT 1 FROM blog_tag WHERE id = %s FOR UPDATE", [tag.pk])
+        [outcome] = run_all()
+    record.refresh_from_db()
+    assert outcome.status == "deferred"
+    assert (record.state, record.attempts) == ("pending", 1)
+    assert record.last_error.startswith("OperationalError: canceling statement due to lock")
+    [outcome] = run_all()  # the lock is gone: it runs again and succeeds
+    record.refresh_from_db()
+    assert (outcome.status, record.state, record.attempts) == ("done", "done", 2)
+
+
+def test_a_bad_event_in_a_batch_handler_fails_alone(post: Post, author: User) -> None:
+    other = Post.objects.create(title="o", body="b", author=author)
+    tag = Tag.objects.create(name="t")
+    post.tags.add(tag)
+    bad = EventRecord.objects.create(
+        channel="post_tags_changed", operation="INSERT", table_name="blog_posttag", new={}
+    )
+    other.tags.add(tag)
+    outcomes = run_all()
+    bad.refresh_from_db()
+    assert bad.state == "failed" and bad.last_error.startswith("KeyError: 'tag_id'")
+    assert [o.status for o in outcomes if o.event_id != bad.pk] == ["done"] * 4
+    assert Tag.objects.get().post_count == 2

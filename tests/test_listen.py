@@ -7,11 +7,12 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pgtrigger
 import pytest
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 
 from blog.models import Comment, Post, PostTag, Tag
 from eventbus.models import EventRecord
@@ -55,7 +56,9 @@ def test_3_processes_email_5000_bulk_created_comments_exactly_once(
     bulk_comments(post, reader, 5000)
     wait_all_done(5001)
     ids = smtp.mailbox.event_ids()
-    expected = set(EventRecord.objects.filter(channel="comment_created").values_list("pk", flat=True))
+    expected = set(
+        EventRecord.objects.filter(channel="comment_created").values_list("pk", flat=True)
+    )
     assert len(ids) == 5000, "every comment email sent"
     assert set(ids) == expected and len(set(ids)) == len(ids), "no email missing or doubled"
     assert_each_handled_once()
@@ -100,8 +103,11 @@ def test_a_worker_killed_mid_stream_loses_nothing(
     wait_all_done(total)
     assert sorted(Tag.objects.values_list("post_count", flat=True)) == [1500] * 10
     assert Post.objects.filter(word_count=3).count() == 1500
-    wait_until(lambda: f"(pid {victim}) exited with code -9; restarting" in listener.log(), 10,
-               what="the supervisor to report the restart")
+    wait_until(
+        lambda: f"(pid {victim}) exited with code -9; restarting" in listener.log(),
+        10,
+        what="the supervisor to report the restart",
+    )
     wait_until(lambda: len(listener.worker_pids()) == 2, 10, what="a replacement worker")
     assert victim not in listener.worker_pids()
 
@@ -183,9 +189,7 @@ def test_a_raising_handler_is_recorded_and_the_worker_goes_on(
     assert len(smtp.mailbox.snapshot()) == 50
 
 
-def test_sigterm_stops_cleanly_within_seconds(
-    start_listener: StartListener, post: Post
-) -> None:
+def test_sigterm_stops_cleanly_within_seconds(start_listener: StartListener, post: Post) -> None:
     listener = start_listener("--processes", "2", workers=2)
     wait_all_done(1)
     started = time.monotonic()
@@ -194,3 +198,43 @@ def test_sigterm_stops_cleanly_within_seconds(
     log = listener.log()
     assert log.count(" stopped") == 3, log  # two workers and the supervisor
     assert "did not stop in time" not in log
+
+
+def test_listeners_reconnect_after_their_connections_are_terminated(
+    start_listener: StartListener, post: Post, author: User
+) -> None:
+    listener = start_listener("--processes", "2", workers=2)
+    wait_all_done(1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        (terminated,) = cursor.fetchone()
+    assert terminated >= 2
+    wait_until(
+        lambda: listener.log().count("lost the database") >= 2, 10, what="both workers to notice"
+    )
+    post.tags.add(Tag.objects.create(name="after"))
+    wait_all_done(2, timeout=30)
+    assert Tag.objects.get().post_count == 1
+
+
+def test_workers_stop_when_their_supervisor_is_killed(start_listener: StartListener) -> None:
+    listener = start_listener("--processes", "2", "--poll-interval", "0.2", workers=2)
+    workers = listener.worker_pids()
+    os.kill(listener.pid, signal.SIGKILL)
+    listener.process.wait()
+
+    def all_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() and _is_running(pid) for pid in workers)
+
+    wait_until(all_gone, 10, what="orphaned workers to stop")
+    assert listener.log().count("lost its supervisor; stopping") == 2
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
