@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db.models import Subquery
 
 import channels
 from blog.models import Post
@@ -23,18 +24,20 @@ def message_id(event: Event) -> str:
 @channels.comment_created.on
 def email_post_author(event: Event) -> None:
     comment = event.row
-    try:
-        post = Post.objects.using(PRIMARY).select_related("author").get(pk=comment["post_id"])
-    except Post.DoesNotExist:
-        raise RowGone(
-            f"post {comment['post_id']} of comment {comment['id']} no longer exists"
-        ) from None
-    if post.author_id == comment["author_id"]:
+    post_id, author_id = comment["post_id"], comment["author_id"]
+    commenter = get_user_model().objects.filter(pk=author_id)
+    post = (
+        Post.objects.using(PRIMARY)
+        .select_related("author")
+        .annotate(commenter_name=Subquery(commenter.values("username")[:1]))
+        .filter(pk=post_id)
+        .first()
+    )  # one round trip: the post, its author and the commenter's name
+    if post is None:
+        raise RowGone(f"post {post_id} of comment {comment['id']} no longer exists")
+    if post.author_id == author_id or not post.author.email:
         return  # nobody needs an email about their own comment
-    if not post.author.email:
-        return
-    commenter = get_user_model().objects.using(PRIMARY).filter(pk=comment["author_id"]).first()
-    who = commenter.get_username() if commenter else "someone"
+    who = post.commenter_name or "someone"
     quoted = "\n".join(f"> {line}" for line in comment["body"].splitlines())
     message = mail.EmailMessage(
         subject=f'New comment on "{post.title}"',
