@@ -10,27 +10,30 @@ from typing import Any
 
 import psycopg
 from django.db import connections
-from psycopg.conninfo import make_conninfo
+from django.db.backends.base.base import BaseDatabaseWrapper
 
-_PASSTHROUGH_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "options")
+# Keys of Django's psycopg connection parameters that are not libpq parameters.
+_DJANGO_ONLY = {
+    "context",
+    "cursor_factory",
+    "prepare_threshold",
+    "isolation_level",
+    "server_side_binding",
+    "assume_role",
+    "pool",
+}
 
 
-def conninfo(alias: str = "default") -> str:
-    """A libpq connection string for the Django database `alias`."""
-    settings: dict[str, Any] = connections[alias].settings_dict
-    params = {
-        "dbname": settings.get("NAME") or None,
-        "user": settings.get("USER") or None,
-        "password": settings.get("PASSWORD") or None,
-        "host": settings.get("HOST") or None,
-        "port": str(settings["PORT"]) if settings.get("PORT") else None,
-    }
-    options = settings.get("OPTIONS") or {}
-    params.update({k: options[k] for k in _PASSTHROUGH_OPTIONS if k in options})
-    return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+def connection_params(wrapper: BaseDatabaseWrapper) -> dict[str, Any]:
+    """libpq parameters for a Django database, exactly as Django would connect.
+
+    Built from Django's own ``get_connection_params()``, so OPTIONS such as a unix-socket
+    ``host`` or ``sslmode`` apply to the listen connection as they do to Django's.
+    """
+    params = wrapper.get_connection_params()
+    return {k: v for k, v in params.items() if k not in _DJANGO_ONLY and v not in (None, "")}
 
 
 def connect_listen(alias: str = "default") -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        conninfo(alias), autocommit=True, application_name="eventbus-listen", connect_timeout=5
-    )
+    params = {"connect_timeout": 5, **connection_params(connections[alias])}
+    return psycopg.connect(autocommit=True, application_name="eventbus-listen", **params)

@@ -128,7 +128,7 @@ class Command(BaseCommand):
 
 def _describe_database() -> str:
     db = settings.DATABASES["default"]
-    where = db.get("HOST") or "local socket"
+    where = db.get("HOST") or db.get("OPTIONS", {}).get("host") or "the default socket"
     if str(where).startswith("/"):
         where = f"embedded PostgreSQL at {where}"
     return f"{db['NAME']} on {where}"
