@@ -86,12 +86,14 @@ class SMTPServer:
 def database_url() -> str:
     """The URL of the database the tests use (pytest-django's test database)."""
     s = connection.settings_dict
-    host = quote(s.get("HOST") or "", safe="")
     auth = quote(s.get("USER") or "", safe="")
     if s.get("PASSWORD"):
         auth += ":" + quote(s["PASSWORD"], safe="")
+    socket_dir = (s.get("OPTIONS") or {}).get("host")  # dj-database-url's `?host=/dir`
+    host = quote(s.get("HOST") or "", safe="")
     port = f":{s['PORT']}" if s.get("PORT") else ""
-    return f"postgresql://{auth}@{host}{port}/{s['NAME']}"
+    query = f"?host={quote(socket_dir, safe='/')}" if socket_dir and not host else ""
+    return f"postgresql://{auth}@{host}{port}/{s['NAME']}{query}"
 
 
 def manage_env(smtp: SMTPServer | None = None, **extra: str) -> dict[str, str]:
