@@ -9,7 +9,8 @@ from eventbus import DELETE, INSERT, UPDATE, Channel
 comment_created = Channel("comment_created", operations=[INSERT], key="post")
 post_created = Channel("post_created", operations=[INSERT], key="id")
 # An edit of the body makes the word count stale; title-only edits make no event.
-post_edited = Channel("post_edited", operations=[UPDATE], key="id", changed=["body"])
+# Ordered by post: one post's edits are handled one at a time, in commit order.
+post_edited = Channel("post_edited", operations=[UPDATE], key="id", changed=["body"], ordered=True)
 post_tags_changed = Channel("post_tags_changed", operations=[INSERT, DELETE], key="post")
 post_categories_changed = Channel(
     "post_categories_changed", operations=[INSERT, DELETE], key="post"

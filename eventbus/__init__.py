@@ -15,6 +15,22 @@ Public API::
 """
 
 from eventbus.channel import DELETE, INSERT, UPDATE, Channel
+from eventbus.errors import GiveUp, HandlerTimeout, MalformedEvent, RetryLater, RowGone
 from eventbus.event import Event
+from eventbus.retry import EXPONENTIAL, FIBONACCI, RetryPolicy
 
-__all__ = ["DELETE", "INSERT", "UPDATE", "Channel", "Event"]
+__all__ = [
+    "DELETE",
+    "EXPONENTIAL",
+    "FIBONACCI",
+    "INSERT",
+    "UPDATE",
+    "Channel",
+    "Event",
+    "GiveUp",
+    "HandlerTimeout",
+    "MalformedEvent",
+    "RetryLater",
+    "RetryPolicy",
+    "RowGone",
+]

@@ -20,6 +20,7 @@ import pgtrigger
 from django.db import models
 
 from eventbus import registry
+from eventbus.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from eventbus.event import Event
@@ -65,6 +66,11 @@ class Channel:
         notify: send a wake-up NOTIFY on commit. ``False`` makes a poll-only channel for
             write-heavy tables: no commit-time NOTIFY lock, at the cost of up to one poll
             interval of latency.
+        ordered: events with the same key are handled one at a time, in commit order,
+            across all processes; a failing event holds back only its own key. Writers
+            of the same key are serialized (a transaction-level advisory lock per key).
+        retry: the backoff policy (default: settings, then ``RetryPolicy()``).
+        timeout: seconds a handler may run before it is stopped (default: settings).
     """
 
     name: str
@@ -72,6 +78,9 @@ class Channel:
     key: str | None = None
     changed: Sequence[str] = ()
     notify: bool = True
+    ordered: bool = False
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
     handler: Handler | BatchHandler | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +92,10 @@ class Channel:
         unknown = set(self.operations) - set(_OPERATIONS)
         if not self.operations or unknown:
             raise ValueError(f"channel {self.name}: operations must be among {list(_OPERATIONS)}")
+        if self.ordered and not self.key:
+            raise ValueError(f"channel {self.name}: an ordered channel needs a key")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"channel {self.name}: timeout must be positive")
         if self.changed and UPDATE not in self.operations:
             raise ValueError(f"channel {self.name}: 'changed' only applies to UPDATE")
         registry.add_channel(self)
@@ -164,12 +177,20 @@ def render_trigger_body(channel: Channel, operation: str, model: type[models.Mod
         where = "WHERE " + " OR ".join(
             f"o.{c} IS DISTINCT FROM n.{c}" for c in (_column(model, f) for f in channel.changed)
         )
+    # Ordered: writers of one key take turns, so ids of a key follow commit order.
+    lock = (
+        f"PERFORM pg_advisory_xact_lock(hashtextextended('eventbus:{channel.name}:' || k, 0)) "
+        f"FROM (SELECT DISTINCT {key} AS k FROM {source} {where} ORDER BY 1) AS keys; "
+        if channel.ordered
+        else ""
+    )
     wake = (
         f"IF FOUND THEN PERFORM pg_notify('{channel.notify_channel}', ''); END IF;"
         if channel.notify
         else ""
     )
     return (
+        f"{lock}"
         f"INSERT INTO {EVENT_TABLE} (channel, operation, table_name, key, old, new) "
         f"SELECT '{channel.name}', TG_OP, TG_TABLE_NAME, {key}, {old}, {new} "
         f"FROM {source} {where}; "

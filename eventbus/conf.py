@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from django.conf import settings
+
+# Settings an operator may set per process from the environment (EVENTBUS_<NAME>).
+_ENVIRONMENT: dict[str, Any] = {
+    "LISTEN_DATABASE_URL": str,
+    "HEALTH_INTERVAL": float,
+    "FAULT_RATE": float,
+    "FAULT_SEED": int,
+}
 
 
 @dataclass(frozen=True)
@@ -16,10 +25,22 @@ class Settings:
     SHUTDOWN_TIMEOUT: float = 10.0  # seconds a worker gets to finish its batch on stop
     RECONNECT_MAX_DELAY: float = 10.0
     DATABASE_ALIAS: str = "default"  # the primary; claims and handlers use it
+    RETRY: dict[str, Any] = field(default_factory=dict)  # RetryPolicy fields, for all channels
+    HANDLER_TIMEOUT: float | None = 60.0  # seconds; None: no limit
+    CHANNELS: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-channel overrides
+    HEALTH_INTERVAL: float = 10.0  # seconds between checks that the listen connection delivers
+    LISTEN_DATABASE_URL: str | None = None  # a direct URL for LISTEN when claims go via a pool
+    FAULT_RATE: float = 0.0  # chaos testing: fraction of attempts failed on purpose
+    FAULT_SEED: int = 0
 
 
 def get() -> Settings:
+    """The EVENTBUS settings; a few may also come from the environment (see README)."""
     overrides: dict[str, Any] = dict(getattr(settings, "EVENTBUS", {}))
+    for key, cast in _ENVIRONMENT.items():
+        value = os.environ.get(f"EVENTBUS_{key}")
+        if value:
+            overrides[key] = cast(value)
     known = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known
     if unknown:

@@ -9,8 +9,10 @@ from typing import Any
 
 PENDING = "pending"
 DONE = "done"
-FAILED = "failed"
-STATES = (PENDING, DONE, FAILED)
+FAILED = "failed"  # the last attempt failed; runs again at run_after
+DEAD = "dead"  # gave up: no attempts left, or the handler raised GiveUp
+STATES = (PENDING, DONE, FAILED, DEAD)
+RUNNABLE = (PENDING, FAILED)
 
 
 def _json(value: Any) -> Any:
@@ -40,8 +42,19 @@ class Event:
     def row(self) -> dict[str, Any]:
         """The row the event is about: ``new`` if there is one, else ``old``."""
         row = self.new if self.new is not None else self.old
-        assert row is not None
-        return row
+        return row if isinstance(row, dict) else {}
+
+    def require(self, *names: str) -> tuple[Any, ...]:
+        """The row's values for `names`; a missing one makes the event dead, not retried."""
+        from eventbus.errors import MalformedEvent
+
+        row = self.row
+        missing = [name for name in names if name not in row]
+        if missing:
+            raise MalformedEvent(
+                f"event {self.id} ({self.channel}) lacks {', '.join(missing)} in its row"
+            )
+        return tuple(row[name] for name in names)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Event:

@@ -2,11 +2,12 @@
 
 Each handler call runs in a savepoint of the claiming transaction, and the batch's events
 are marked in that same transaction. So a handler's database effects commit exactly once
-together with its event's state, and a worker that dies mid-batch leaves no trace: its row
-locks vanish with its connection and the events are claimed again.
+together with its event's new state, and a worker that dies mid-batch leaves no trace: its
+row locks vanish with its connection and the events are claimed again.
 
-Outcomes: ``done``; ``failed`` (the handler raised; the error is kept); ``deferred`` (a
-transient database error such as a deadlock: the event stays pending and runs again).
+After an attempt an event is ``done``, ``failed`` (runs again after a backoff), ``pending``
+(a transient database error such as a deadlock: runs again at once) or ``dead`` (no
+attempts left, or the handler raised ``GiveUp``); see ``eventbus.retry``.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from typing import Any
 import psycopg
 from django.db import connections, transaction
 
-from eventbus import registry, sql
-from eventbus.event import DONE, FAILED, PENDING, Event
+from eventbus import conf, faults, registry, sql
+from eventbus.errors import HandlerTimeout
+from eventbus.event import DEAD, DONE, FAILED, Event
+from eventbus.policies import Policies
+from eventbus.retry import after_attempt
+from eventbus.timeouts import Alarm, time_limit
 
 log = logging.getLogger("eventbus.executor")
 
 MAX_ERROR_CHARS = 8000
-DEFERRED = "deferred"
-# Errors that say "try again", not "this event is bad": the event stays pending.
+# Errors that say "try again", not "this event is bad".
 TRANSIENT = (psycopg.errors.TransactionRollback, psycopg.errors.LockNotAvailable)
 
 
@@ -37,9 +41,10 @@ class Outcome:
     event_id: int
     channel: str
     attempt: int
-    status: str  # DONE, FAILED or DEFERRED
+    status: str  # the event's new state: done, failed, pending or dead
     error: str | None
     seconds: float
+    retry_in: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -52,6 +57,9 @@ class Executor:
     def __init__(self, worker_name: str, alias: str = "default") -> None:
         self.worker_name = worker_name
         self.alias = alias
+        self.policies = Policies()
+        settings = conf.get()
+        self.fault_rate, self.fault_seed = settings.FAULT_RATE, settings.FAULT_SEED
 
     def run_batch(self, scope: sql.Scope, limit: int) -> list[Outcome]:
         """Claim up to `limit` events of `scope`, handle them, commit. Returns the outcomes."""
@@ -73,42 +81,60 @@ class Executor:
             try:
                 registration = registry.handler_for(event.channel)
             except registry.UnknownChannel as exc:
-                outcomes[event.id] = _outcome(event, exc, 0.0)
+                outcomes[event.id] = self._outcome(event, exc, 0.0)
                 continue
             if registration.batch:
                 batches.setdefault(event.channel, []).append(event)
             else:
                 handler = registration.handler
-                error, seconds = self._attempt(lambda h=handler, e=event: h(e))
-                outcomes[event.id] = _outcome(event, error, seconds)
+                error, seconds = self._attempt([event], lambda h=handler, e=event: h(e))
+                outcomes[event.id] = self._outcome(event, error, seconds)
         for channel, group in batches.items():
             outcomes.update(self._handle_group(registry.handler_for(channel).handler, group))
         return [outcomes[event.id] for event in events]
 
     def _handle_group(self, handler: Callable[..., Any], group: list[Event]) -> dict[int, Outcome]:
-        error, seconds = self._attempt(lambda: handler(group))
+        error, seconds = self._attempt(group, lambda: handler(group))
         if error is None or len(group) == 1:
-            return {e.id: _outcome(e, error, seconds / len(group)) for e in group}
+            return {e.id: self._outcome(e, error, seconds / len(group)) for e in group}
         # Some event in the group is bad: run them one by one to fail only that one.
         results = {}
         for event in group:
-            error, seconds = self._attempt(lambda e=event: handler([e]))
-            results[event.id] = _outcome(event, error, seconds)
+            error, seconds = self._attempt([event], lambda e=event: handler([e]))
+            results[event.id] = self._outcome(event, error, seconds)
         return results
 
-    def _attempt(self, call: Callable[[], Any]) -> tuple[Exception | None, float]:
+    def _attempt(
+        self, events: list[Event], call: Callable[[], Any]
+    ) -> tuple[Exception | None, float]:
+        """Run `call` in a savepoint, under the channel's time limit."""
+        timeout = self.policies[events[0].channel].timeout
         started = time.perf_counter()
         try:
-            with transaction.atomic(using=self.alias):  # savepoint: undone alone on error
+            with transaction.atomic(using=self.alias), time_limit(timeout):
+                for event in events:
+                    if faults.injected(self.fault_seed, self.fault_rate, event.id, event.attempt):
+                        raise faults.InjectedFault(f"fault injected into attempt {event.attempt}")
                 call()
+        except Alarm:
+            error: Exception = HandlerTimeout(f"handler ran longer than {timeout:g} s")
+            return error, time.perf_counter() - started
         except Exception as exc:
             return exc, time.perf_counter() - started
         return None, time.perf_counter() - started
 
+    def _outcome(self, event: Event, error: Exception | None, seconds: float) -> Outcome:
+        policy = self.policies[event.channel].retry
+        step = after_attempt(event.attempt, error, policy, transient=is_transient(error))
+        text = describe(error) if error is not None else None
+        return Outcome(
+            event.id, event.channel, event.attempt, step.state, text, seconds, step.delay
+        )
+
     def _mark(self, outcomes: list[Outcome]) -> None:
         done = [o.event_id for o in outcomes if o.status == DONE]
         errors = [
-            (o.event_id, FAILED if o.status == FAILED else PENDING, o.error or "")
+            sql.ErrorMark(o.event_id, o.status, o.retry_in, o.error or "")
             for o in outcomes
             if o.status != DONE
         ]
@@ -119,37 +145,34 @@ class Executor:
                 cursor.execute(*sql.mark_errors(self.worker_name, errors))
 
 
-def is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
     return isinstance(exc, TRANSIENT) or isinstance(exc.__cause__, TRANSIENT)
 
 
-def _outcome(event: Event, error: Exception | None, seconds: float) -> Outcome:
-    if error is None:
-        return Outcome(event.id, event.channel, event.attempt, DONE, None, seconds)
-    status = DEFERRED if is_transient(error) else FAILED
-    return Outcome(event.id, event.channel, event.attempt, status, describe(error), seconds)
-
-
 def _log(outcome: Outcome) -> None:
+    where = f"event {outcome.event_id} {outcome.channel}"
     if outcome.status == DONE:
         log.info(
-            "event %d %s: handled in %.1f ms (attempt %d)",
-            outcome.event_id,
-            outcome.channel,
-            outcome.seconds * 1000,
-            outcome.attempt,
+            "%s: handled in %.1f ms (attempt %d)", where, outcome.seconds * 1000, outcome.attempt
         )
         return
-    first_line = (outcome.error or "").splitlines()[0]
-    verb = "failed" if outcome.status == FAILED else "deferred (transient, will run again)"
-    log.warning(
-        "event %d %s: %s (attempt %d): %s",
-        outcome.event_id,
-        outcome.channel,
-        verb,
-        outcome.attempt,
-        first_line,
-    )
+    reason = (outcome.error or "").splitlines()[0]
+    if outcome.status == FAILED:
+        log.warning(
+            "%s: failed (attempt %d), retry in %.1f s: %s",
+            where,
+            outcome.attempt,
+            outcome.retry_in,
+            reason,
+        )
+    elif outcome.status == DEAD:
+        log.error("%s: dead after attempt %d: %s", where, outcome.attempt, reason)
+    else:
+        log.warning(
+            "%s: deferred after a transient error (attempt %d): %s", where, outcome.attempt, reason
+        )
 
 
 def describe(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models.functions import Now
 
-from eventbus.event import DONE, FAILED, PENDING
+from eventbus.event import DEAD, DONE, FAILED, PENDING, RUNNABLE
 
 
 class EventRecord(models.Model):
@@ -15,6 +15,7 @@ class EventRecord(models.Model):
         PENDING = PENDING
         DONE = DONE
         FAILED = FAILED
+        DEAD = DEAD
 
     id = models.BigAutoField(primary_key=True)
     channel = models.CharField(max_length=64)
@@ -28,26 +29,33 @@ class EventRecord(models.Model):
     )
     attempts = models.IntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(db_default=Now())
+    run_after = models.DateTimeField(db_default=Now())  # not claimed before this time
     first_claimed_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(null=True, blank=True)
+    # One entry per failed attempt: {"attempt", "at", "worker", "error"}.
+    errors = models.JSONField(default=list, db_default=[], blank=True)
     worker = models.CharField(max_length=128, null=True, blank=True)
 
     class Meta:
         db_table = "eventbus_event"
         verbose_name = "event"
         indexes = [
-            # The listener's claim: oldest pending first. Partial, so done history is free.
+            # The claim: runnable events in id order. Partial, so done history is free.
             models.Index(
                 fields=["id"],
-                name="eventbus_event_pending",
-                condition=models.Q(state=PENDING),
+                name="eventbus_event_runnable",
+                condition=models.Q(state__in=RUNNABLE),
             ),
-            # recover and operators: failed events by channel.
+            # Ordered channels: "is an older event of this key still runnable?"
             models.Index(
-                fields=["channel", "id"],
-                name="eventbus_event_failed",
-                condition=models.Q(state=FAILED),
+                fields=["channel", "key", "id"],
+                name="eventbus_event_key_runnable",
+                condition=models.Q(state__in=RUNNABLE),
+            ),
+            # recover --dead and operators.
+            models.Index(
+                fields=["channel", "id"], name="eventbus_event_dead", condition=models.Q(state=DEAD)
             ),
         ]
 

@@ -15,8 +15,8 @@ from datetime import datetime
 
 from django.db import connections
 
-from eventbus import sql
-from eventbus.event import FAILED, PENDING
+from eventbus import registry, sql
+from eventbus.event import DEAD, FAILED, PENDING
 from eventbus.executor import Executor, Outcome
 from eventbus.worker import worker_name
 
@@ -28,11 +28,25 @@ class Summary:
     """Outcomes per (channel, outcome) and what is still failed in scope afterwards."""
 
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    still_failed: int = 0
+    still_failed: int = 0  # failed or dead, in scope, at the end
 
 
-def scope_for(channels: tuple[str, ...] | None, since: datetime | None) -> sql.Scope:
-    return sql.Scope(states=REPLAYABLE, channels=channels, since=since)
+def scope_for(
+    channels: tuple[str, ...] | None,
+    since: datetime | None,
+    *,
+    dead: bool = False,
+    ids: tuple[int, ...] | None = None,
+) -> sql.Scope:
+    """Pending and failed events (failed ones without waiting for their retry), or dead ones."""
+    return sql.Scope(
+        states=(DEAD,) if dead else REPLAYABLE,
+        channels=channels,
+        ids=ids,
+        since=since,
+        due_only=False,
+        ordered_channels=tuple(registry.ordered_channel_names()),
+    )
 
 
 def plan(scope: sql.Scope, alias: str = "default") -> dict[tuple[str, str], int]:
@@ -61,9 +75,9 @@ def replay(
             break
         cursor_id = max(o.event_id for o in outcomes)
         for outcome in outcomes:
-            summary.outcomes[(outcome.channel, "handled" if outcome.ok else "failed")] += 1
+            summary.outcomes[(outcome.channel, "handled" if outcome.ok else outcome.status)] += 1
         if on_batch is not None:
             on_batch(outcomes)
-    remaining = plan(replace(scope, states=(FAILED,), upto_id=upto_id), alias)
+    remaining = plan(replace(scope, states=(FAILED, DEAD), upto_id=upto_id), alias)
     summary.still_failed = sum(remaining.values())
     return summary

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from eventbus.errors import UnknownChannel
+
 if TYPE_CHECKING:
     from eventbus.channel import Channel
 
-
-class UnknownChannel(LookupError):
-    """An event names a channel that no handler is registered for."""
+__all__ = ["Registration", "UnknownChannel"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,14 @@ def handler_for(channel_name: str) -> Registration:
         return _handlers[channel_name]
     except KeyError:
         raise UnknownChannel(f"no handler is registered for channel {channel_name!r}") from None
+
+
+def channel(name: str) -> Channel | None:
+    return _channels.get(name)
+
+
+def ordered_channel_names() -> list[str]:
+    return sorted(name for name, c in _channels.items() if c.ordered)
 
 
 def channels() -> list[Channel]:

@@ -1,8 +1,8 @@
 """Every query the engine runs against the event table, in one place.
 
 Identifiers and fixed states are composed with ``psycopg.sql``; values are parameters.
-States are inlined as literals on purpose: the partial index ``WHERE state = 'pending'``
-can only serve a query whose predicate names the literal.
+States are inlined as literals on purpose: the partial indexes (``WHERE state IN
+('pending', 'failed')``) can only serve a query whose predicate names the literals.
 """
 
 from __future__ import annotations
@@ -14,34 +14,40 @@ from typing import Any
 
 from psycopg import sql
 
-from eventbus.event import DONE, PENDING
+from eventbus.event import DONE, RUNNABLE
 
 TABLE = sql.Identifier("eventbus_event")
 
-CLAIM_COLUMNS = sql.SQL("id, channel, operation, table_name, key, old, new, created_at, attempts")
+CLAIM_COLUMNS = sql.SQL(
+    "e.id, e.channel, e.operation, e.table_name, e.key, e.old, e.new, e.created_at, e.attempts"
+)
 
 
 @dataclass(frozen=True)
 class Scope:
     """Which events a claim may take.
 
-    The listener claims pending events; ``recover`` also takes failed ones, walks ids in
-    order (``after_id``) and stops at the newest id that existed when it began (``upto_id``).
+    Listeners claim runnable events that are due. ``recover`` ignores ``run_after``
+    (``due_only=False``), may take dead ones, walks ids in order (``after_id``) and stops
+    at the newest id that existed when it began (``upto_id``).
     """
 
-    states: tuple[str, ...] = (PENDING,)
+    states: tuple[str, ...] = RUNNABLE
     channels: tuple[str, ...] | None = None
+    ids: tuple[int, ...] | None = None
     since: datetime | None = None
     after_id: int | None = None
     upto_id: int | None = None
+    due_only: bool = True
+    ordered_channels: tuple[str, ...] = ()  # one event at a time per key, in id order
 
 
 def claim(scope: Scope, limit: int) -> tuple[sql.Composed, dict[str, Any]]:
     """Lock and return up to `limit` events of `scope`, oldest first, skipping locked ones."""
     where, params = _where(scope)
     query = sql.SQL(
-        "SELECT {columns} FROM {table} WHERE {where} ORDER BY id LIMIT %(limit)s "
-        "FOR UPDATE SKIP LOCKED"
+        "SELECT {columns} FROM {table} AS e WHERE {where} ORDER BY e.id LIMIT %(limit)s "
+        "FOR UPDATE OF e SKIP LOCKED"
     ).format(columns=CLAIM_COLUMNS, table=TABLE, where=where)
     return query, {**params, "limit": limit}
 
@@ -49,8 +55,8 @@ def claim(scope: Scope, limit: int) -> tuple[sql.Composed, dict[str, Any]]:
 def count_by_channel_and_state(scope: Scope) -> tuple[sql.Composed, dict[str, Any]]:
     where, params = _where(scope)
     query = sql.SQL(
-        "SELECT channel, state, count(*) FROM {table} WHERE {where} "
-        "GROUP BY channel, state ORDER BY channel, state"
+        "SELECT e.channel, e.state, count(*) FROM {table} AS e WHERE {where} "
+        "GROUP BY e.channel, e.state ORDER BY e.channel, e.state"
     ).format(table=TABLE, where=where)
     return query, params
 
@@ -59,26 +65,42 @@ def max_id() -> sql.Composed:
     return sql.SQL("SELECT coalesce(max(id), 0) FROM {table}").format(table=TABLE)
 
 
+def _in(column: str, values: Sequence[str]) -> sql.Composable:
+    return sql.SQL("{} IN ({})").format(
+        sql.SQL(column), sql.SQL(", ").join(map(sql.Literal, values))
+    )
+
+
 def _where(scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
-    if len(scope.states) == 1:
-        parts: list[sql.Composable] = [sql.SQL("state = {}").format(sql.Literal(scope.states[0]))]
-    else:
-        parts = [
-            sql.SQL("state IN ({})").format(sql.SQL(", ").join(map(sql.Literal, scope.states)))
-        ]
+    parts: list[sql.Composable] = [_in("e.state", scope.states)]
     params: dict[str, Any] = {}
+    if scope.due_only:
+        parts.append(sql.SQL("e.run_after <= statement_timestamp()"))
     if scope.channels is not None:
-        parts.append(sql.SQL("channel = ANY(%(channels)s)"))
+        parts.append(sql.SQL("e.channel = ANY(%(channels)s)"))
         params["channels"] = list(scope.channels)
+    if scope.ids is not None:
+        parts.append(sql.SQL("e.id = ANY(%(ids)s)"))
+        params["ids"] = list(scope.ids)
     if scope.since is not None:
-        parts.append(sql.SQL("created_at >= %(since)s"))
+        parts.append(sql.SQL("e.created_at >= %(since)s"))
         params["since"] = scope.since
     if scope.after_id is not None:
-        parts.append(sql.SQL("id > %(after_id)s"))
+        parts.append(sql.SQL("e.id > %(after_id)s"))
         params["after_id"] = scope.after_id
     if scope.upto_id is not None:
-        parts.append(sql.SQL("id <= %(upto_id)s"))
+        parts.append(sql.SQL("e.id <= %(upto_id)s"))
         params["upto_id"] = scope.upto_id
+    if scope.ordered_channels:
+        # An event of an ordered channel waits while an older event of its key is runnable
+        # (pending, in flight in another worker, or failed and waiting for its retry).
+        parts.append(
+            sql.SQL(
+                "(e.channel <> ALL(%(ordered)s) OR NOT EXISTS (SELECT 1 FROM {table} AS o "
+                "WHERE o.channel = e.channel AND o.key = e.key AND o.id < e.id AND {runnable}))"
+            ).format(table=TABLE, runnable=_in("o.state", RUNNABLE))
+        )
+        params["ordered"] = list(scope.ordered_channels)
     return sql.SQL(" AND ").join(parts), params
 
 
@@ -90,19 +112,39 @@ MARK_DONE = sql.SQL(
 
 MARK_ERRORS = sql.SQL(
     "UPDATE {table} AS e SET state = f.state, attempts = e.attempts + 1, "
-    "first_claimed_at = coalesce(e.first_claimed_at, now()), finished_at = clock_timestamp(), "
-    "worker = %s, last_error = f.error "
-    "FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS f(id, state, error) WHERE e.id = f.id"
+    "first_claimed_at = coalesce(e.first_claimed_at, now()), "
+    "finished_at = CASE WHEN f.state = 'dead' THEN clock_timestamp() END, "
+    "run_after = clock_timestamp() + make_interval(secs => f.delay), "
+    "worker = %(worker)s, last_error = f.error, "
+    "errors = e.errors || jsonb_build_array(jsonb_build_object("
+    "'attempt', e.attempts + 1, 'at', clock_timestamp(), 'worker', %(worker)s, "
+    "'error', left(f.error, %(entry_chars)s))) "
+    "FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(delays)s::float8[], "
+    "%(errors)s::text[]) AS f(id, state, delay, error) WHERE e.id = f.id"
 ).format(table=TABLE)
+
+ERROR_ENTRY_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ErrorMark:
+    event_id: int
+    state: str
+    delay: float
+    error: str
 
 
 def mark_done(worker: str, ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     return MARK_DONE, [worker, list(ids)]
 
 
-def mark_errors(
-    worker: str, errors: Sequence[tuple[int, str, str]]
-) -> tuple[sql.Composed, list[Any]]:
-    """Record (id, new state, error) for each event whose handler raised."""
-    ids, states, texts = zip(*errors, strict=True) if errors else ((), (), ())
-    return MARK_ERRORS, [worker, list(ids), list(states), list(texts)]
+def mark_errors(worker: str, marks: Sequence[ErrorMark]) -> tuple[sql.Composed, dict[str, Any]]:
+    """Record each failed attempt: new state, when to run again, and the error history."""
+    return MARK_ERRORS, {
+        "worker": worker,
+        "entry_chars": ERROR_ENTRY_CHARS,
+        "ids": [m.event_id for m in marks],
+        "states": [m.state for m in marks],
+        "delays": [m.delay for m in marks],
+        "errors": [m.error for m in marks],
+    }

@@ -48,7 +48,9 @@ class Worker:
         self.options = options
         self.name = worker_name()
         self.executor = Executor(self.name, options.alias)
-        self.scope = Scope(channels=options.channels)
+        self.scope = Scope(
+            channels=options.channels, ordered_channels=tuple(registry.ordered_channel_names())
+        )
         self._stopping = False
         self._parent_pid = os.getppid()
         self._wake_r, self._wake_w = os.pipe()

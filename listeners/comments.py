@@ -8,9 +8,8 @@ from django.db.models import Subquery
 
 import channels
 from blog.models import Post
-from eventbus import Event
+from eventbus import Event, RowGone
 from listeners import mail
-from listeners.errors import RowGone
 
 PRIMARY = "default"  # handlers read the primary: a replica may not have the row yet
 
@@ -23,8 +22,7 @@ def message_id(event: Event) -> str:
 
 @channels.comment_created.on
 def email_post_author(event: Event) -> None:
-    comment = event.row
-    post_id, author_id = comment["post_id"], comment["author_id"]
+    comment_id, post_id, author_id, body = event.require("id", "post_id", "author_id", "body")
     commenter = get_user_model().objects.filter(pk=author_id)
     post = (
         Post.objects.using(PRIMARY)
@@ -34,11 +32,11 @@ def email_post_author(event: Event) -> None:
         .first()
     )  # one round trip: the post, its author and the commenter's name
     if post is None:
-        raise RowGone(f"post {post_id} of comment {comment['id']} no longer exists")
+        raise RowGone(f"post {post_id} of comment {comment_id} no longer exists")
     if post.author_id == author_id or not post.author.email:
         return  # nobody needs an email about their own comment
     who = post.commenter_name or "someone"
-    quoted = "\n".join(f"> {line}" for line in comment["body"].splitlines())
+    quoted = "\n".join(f"> {line}" for line in body.splitlines())
     message = mail.EmailMessage(
         subject=f'New comment on "{post.title}"',
         body=f'{who} commented on your post "{post.title}":\n\n{quoted}\n',

@@ -6,8 +6,7 @@ from django.utils import timezone
 
 import channels
 from blog.models import Post
-from eventbus import Event
-from listeners.errors import RowGone
+from eventbus import Event, RowGone
 
 PRIMARY = "default"
 
@@ -17,13 +16,27 @@ def word_count(text: str) -> int:
 
 
 @channels.post_created.on
-@channels.post_edited.on
-def process_post(event: Event) -> None:
-    post_id = event.row["id"]
-    # Read the body as it is now (the edit may have been followed by another).
+def process_new_post(event: Event) -> None:
+    (post_id,) = event.require("id")
+    # Read the body from the primary: a 1 MB body need not travel in the event as well.
     body = Post.objects.using(PRIMARY).filter(pk=post_id).values_list("body", flat=True).first()
     if body is None:
         raise RowGone(f"post {post_id} no longer exists")
-    Post.objects.using(PRIMARY).filter(pk=post_id).update(
-        word_count=word_count(body), processed_at=timezone.now()
+    _store(post_id, body)
+
+
+@channels.post_edited.on
+def process_edit(event: Event) -> None:
+    """post_edited is ordered by post: edits apply one at a time, in commit order, so the
+    count taken from each edit's own body ends at the last edit's."""
+    post_id, body = event.require("id", "body")
+    if not _store(post_id, body):
+        raise RowGone(f"post {post_id} no longer exists")
+
+
+def _store(post_id: int, body: str) -> int:
+    return (
+        Post.objects.using(PRIMARY)
+        .filter(pk=post_id)
+        .update(word_count=word_count(body), processed_at=timezone.now())
     )

@@ -21,7 +21,8 @@ PRIMARY = "default"
 def net_deltas(events: list[Event], column: str) -> Counter[int]:
     deltas: Counter[int] = Counter()
     for event in events:
-        deltas[event.row[column]] += {INSERT: 1, DELETE: -1}[event.operation]
+        (pk,) = event.require(column)
+        deltas[pk] += {INSERT: 1, DELETE: -1}[event.operation]
     return deltas
 
 

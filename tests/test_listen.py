@@ -178,13 +178,13 @@ def test_a_raising_handler_is_recorded_and_the_worker_goes_on(
     )
     bulk_comments(post, reader, 50)
     wait_until(lambda: done_count() == 51, 30, what="the good events")
-    wait_until(lambda: EventRecord.objects.filter(state="failed").count() == 2, 30)
+    wait_until(lambda: EventRecord.objects.filter(state="dead").count() == 2, 30)
     unknown.refresh_from_db()
     malformed.refresh_from_db()
     assert "no handler is registered for channel 'nobody_handles_this'" in unknown.last_error
-    assert malformed.last_error.startswith("KeyError: 'post_id'")
+    assert malformed.last_error.startswith("MalformedEvent:")
     assert (unknown.attempts, malformed.attempts) == (1, 1)
-    assert f"event {malformed.pk} comment_created: failed (attempt 1)" in listener.log()
+    assert f"event {malformed.pk} comment_created: dead after attempt 1" in listener.log()
     assert listener.process.poll() is None, "the listener is still running"
     assert len(smtp.mailbox.snapshot()) == 50
 

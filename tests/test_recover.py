@@ -28,7 +28,7 @@ def test_recover_replays_events_written_while_no_listener_ran(
     assert result.returncode == 0, result.stderr
     assert "comment_created              handled        30" in result.stdout
     assert "post_created                 handled         1" in result.stdout
-    assert "still failed: 0" in result.stdout
+    assert "still failed or dead: 0" in result.stdout
     assert states() == {("comment_created", "done"): 30, ("post_created", "done"): 1}
     assert len(set(smtp.mailbox.event_ids())) == len(smtp.mailbox.event_ids()) == 30
 
@@ -41,7 +41,7 @@ def test_recover_exits_1_while_events_still_fail_then_replays_them(
     failing = manage("recover", smtp=smtp)
     assert failing.returncode == 1
     assert "comment_created              failed          5" in failing.stdout
-    assert "still failed: 5" in failing.stdout
+    assert "still failed or dead: 5" in failing.stdout
     assert states() == {("comment_created", "failed"): 5, ("post_created", "done"): 1}
 
     dry = manage("recover", "--dry-run", smtp=smtp)

@@ -1,4 +1,4 @@
-"""./manage.py recover: replay events never handled or failed, safely beside listeners."""
+"""./manage.py recover: replay events never handled, failed or dead, safely beside listeners."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from eventbus.management.commands import _options
 
 class Command(BaseCommand):
     help = (
-        "Replay pending and failed events through the normal claim path. "
-        "Exits 1 if any event in scope is still failed at the end."
+        "Replay pending and failed events (dead ones with --dead) through the normal claim "
+        "path. Exits 1 if any event in scope is failed or dead at the end."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -21,9 +21,22 @@ class Command(BaseCommand):
             "--channel", action="append", metavar="NAME", help="only this channel (repeatable)"
         )
         parser.add_argument(
+            "--id",
+            type=int,
+            action="append",
+            dest="ids",
+            metavar="ID",
+            help="only this event (repeatable)",
+        )
+        parser.add_argument(
             "--since",
             metavar="TIMESTAMP",
             help="only events written at or after this ISO date or date-time",
+        )
+        parser.add_argument(
+            "--dead",
+            action="store_true",
+            help="replay dead events instead: each gets one more attempt",
         )
         parser.add_argument(
             "--dry-run", action="store_true", help="count what would be replayed; change nothing"
@@ -35,7 +48,10 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1")
         alias = conf.get().DATABASE_ALIAS
         scope = recovery.scope_for(
-            _options.channels(options["channel"]), _options.timestamp(options["since"])
+            _options.channels(options["channel"]),
+            _options.timestamp(options["since"]),
+            dead=options["dead"],
+            ids=tuple(options["ids"]) if options["ids"] else None,
         )
         if options["dry_run"]:
             counts = recovery.plan(scope, alias)
@@ -45,7 +61,7 @@ class Command(BaseCommand):
         summary = recovery.replay(scope, options["batch_size"], alias)
         self._table("replayed", dict(summary.outcomes))
         self.stdout.write(
-            f"total: {sum(summary.outcomes.values())}; still failed: {summary.still_failed}"
+            f"total: {sum(summary.outcomes.values())}; still failed or dead: {summary.still_failed}"
         )
         if summary.still_failed:
             raise SystemExit(1)

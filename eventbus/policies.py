@@ -1,0 +1,56 @@
+"""Per-channel behaviour (retries, timeout, ordering), resolved once per worker.
+
+Precedence, most specific first: ``EVENTBUS["CHANNELS"][name]`` in settings (deploy-time
+overrides), then the channel's declaration, then ``EVENTBUS["RETRY"]`` and
+``EVENTBUS["HANDLER_TIMEOUT"]``, then the built-in defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from eventbus import conf, registry
+from eventbus.retry import RetryPolicy
+
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class ChannelPolicy:
+    retry: RetryPolicy
+    timeout: float | None
+    ordered: bool
+
+
+def resolve(channel_name: str, settings: conf.Settings | None = None) -> ChannelPolicy:
+    settings = settings or conf.get()
+    declared = registry.channel(channel_name)
+    retry = RetryPolicy(**settings.RETRY)
+    timeout = settings.HANDLER_TIMEOUT
+    ordered = False
+    if declared is not None:
+        retry = declared.retry or retry
+        timeout = declared.timeout if declared.timeout is not None else timeout
+        ordered = declared.ordered
+    override = settings.CHANNELS.get(channel_name, {})
+    unknown = set(override) - {"retry", "timeout"}
+    if unknown:
+        raise ValueError(f"EVENTBUS['CHANNELS'][{channel_name!r}]: unknown keys {sorted(unknown)}")
+    if "retry" in override:
+        retry = replace(retry, **override["retry"])
+    timeout = override.get("timeout", timeout)
+    return ChannelPolicy(retry, timeout, ordered)
+
+
+class Policies:
+    """A cache of resolved policies for one executor."""
+
+    def __init__(self) -> None:
+        self._settings = conf.get()
+        self._cache: dict[str, ChannelPolicy] = {}
+
+    def __getitem__(self, channel_name: str) -> ChannelPolicy:
+        policy = self._cache.get(channel_name)
+        if policy is None:
+            policy = self._cache[channel_name] = resolve(channel_name, self._settings)
+        return policy
