@@ -67,6 +67,7 @@ def replay(
         cursor.execute(sql.max_id())
         (upto_id,) = cursor.fetchone()
     summary = Summary()
+    touched: list[int] = []
     cursor_id = 0
     while True:
         batch_scope = replace(scope, after_id=cursor_id, upto_id=upto_id)
@@ -74,10 +75,12 @@ def replay(
         if not outcomes:
             break
         cursor_id = max(o.event_id for o in outcomes)
+        touched.extend(o.event_id for o in outcomes if o.status in (FAILED, DEAD))
         for outcome in outcomes:
             summary.outcomes[(outcome.channel, "handled" if outcome.ok else outcome.status)] += 1
         if on_batch is not None:
             on_batch(outcomes)
-    remaining = plan(replace(scope, states=(FAILED, DEAD), upto_id=upto_id), alias)
-    summary.still_failed = sum(remaining.values())
+    with connections[alias].cursor() as cursor:
+        cursor.execute(*sql.count_unresolved(replace(scope, upto_id=upto_id), touched))
+        (summary.still_failed,) = cursor.fetchone()
     return summary

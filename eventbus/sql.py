@@ -8,13 +8,13 @@ States are inlined as literals on purpose: the partial indexes (``WHERE state IN
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from psycopg import sql
 
-from eventbus.event import DONE, RUNNABLE
+from eventbus.event import DEAD, DONE, FAILED, RUNNABLE
 
 TABLE = sql.Identifier("eventbus_event")
 
@@ -59,6 +59,17 @@ def count_by_channel_and_state(scope: Scope) -> tuple[sql.Composed, dict[str, An
         "GROUP BY e.channel, e.state ORDER BY e.channel, e.state"
     ).format(table=TABLE, where=where)
     return query, params
+
+
+def count_unresolved(scope: Scope, touched: Sequence[int]) -> tuple[sql.Composed, dict[str, Any]]:
+    """Failed or dead events that were in `scope`, or that a replay touched (ids)."""
+    base = replace(scope, states=(FAILED, DEAD), due_only=False, ordered_channels=())
+    where, params = _where(base)
+    query = sql.SQL(
+        "SELECT count(*) FROM {table} AS e "
+        "WHERE {where} AND ({in_scope} OR e.id = ANY(%(touched)s))"
+    ).format(table=TABLE, where=where, in_scope=_in("e.state", scope.states))
+    return query, {**params, "touched": list(touched)}
 
 
 def max_id() -> sql.Composed:

@@ -6,18 +6,29 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('blog', '0001_initial'),
+        ("blog", "0001_initial"),
     ]
 
     operations = [
         pgtrigger.migrations.RemoveTrigger(
-            model_name='post',
-            name='eb_post_edited_upd',
+            model_name="post",
+            name="eb_post_edited_upd",
         ),
         pgtrigger.migrations.AddTrigger(
-            model_name='post',
-            trigger=pgtrigger.compiler.Trigger(name='eb_post_edited_upd', sql=pgtrigger.compiler.UpsertTriggerSql(func='PERFORM pg_advisory_xact_lock(hashtextextended(\'eventbus:post_edited:\' || k, 0)) FROM (SELECT DISTINCT (n."id")::text AS k FROM eventbus_new n JOIN eventbus_old o ON o."id" = n."id" WHERE o."body" IS DISTINCT FROM n."body" ORDER BY 1) AS keys; INSERT INTO eventbus_event (channel, operation, table_name, key, old, new) SELECT \'post_edited\', TG_OP, TG_TABLE_NAME, (n."id")::text, to_jsonb(o), to_jsonb(n) FROM eventbus_new n JOIN eventbus_old o ON o."id" = n."id" WHERE o."body" IS DISTINCT FROM n."body"; IF FOUND THEN PERFORM pg_notify(\'eventbus_post_edited\', \'\'); END IF; RETURN NULL;', hash='9d5e222d57f4ce03e1f616236b50f9a6137e8399', level='STATEMENT', operation='UPDATE', pgid='pgtrigger_eb_post_edited_upd_0ed03', referencing='REFERENCING OLD TABLE AS eventbus_old  NEW TABLE AS eventbus_new ', table='blog_post', when='AFTER')),
+            model_name="post",
+            trigger=pgtrigger.compiler.Trigger(
+                name="eb_post_edited_upd",
+                sql=pgtrigger.compiler.UpsertTriggerSql(
+                    func='PERFORM pg_advisory_xact_lock(hashtextextended(\'eventbus:post_edited:\' || k, 0)) FROM (SELECT DISTINCT (n."id")::text AS k FROM eventbus_new n JOIN eventbus_old o ON o."id" = n."id" WHERE o."body" IS DISTINCT FROM n."body" ORDER BY 1) AS keys; INSERT INTO eventbus_event (channel, operation, table_name, key, old, new) SELECT \'post_edited\', TG_OP, TG_TABLE_NAME, (n."id")::text, to_jsonb(o), to_jsonb(n) FROM eventbus_new n JOIN eventbus_old o ON o."id" = n."id" WHERE o."body" IS DISTINCT FROM n."body"; IF FOUND THEN PERFORM pg_notify(\'eventbus_post_edited\', \'\'); END IF; RETURN NULL;',
+                    hash="9d5e222d57f4ce03e1f616236b50f9a6137e8399",
+                    level="STATEMENT",
+                    operation="UPDATE",
+                    pgid="pgtrigger_eb_post_edited_upd_0ed03",
+                    referencing="REFERENCING OLD TABLE AS eventbus_old  NEW TABLE AS eventbus_new ",
+                    table="blog_post",
+                    when="AFTER",
+                ),
+            ),
         ),
     ]

@@ -105,3 +105,39 @@ def test_recover_beside_running_listeners_handles_each_event_once(
     wait_until(lambda: not EventRecord.objects.exclude(state="done").exists(), 60)
     assert sorted(Tag.objects.values_list("post_count", flat=True)) == [1500] * 4
     assert set(EventRecord.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_recover_dead_replays_dead_events_one_channel_or_one_id_at_a_time(
+    post: Post, reader: User, smtp: SMTPServer
+) -> None:
+    Comment.objects.bulk_create([Comment(post=post, author=reader, body=str(i)) for i in range(3)])
+    manage("recover")  # handles the post
+    EventRecord.objects.filter(channel="comment_created").update(state="dead", attempts=10)
+    first, second, third = EventRecord.objects.filter(channel="comment_created").order_by("id")
+
+    plain = manage("recover", smtp=smtp)
+    assert "(nothing)" in plain.stdout, "dead events are replayed only on request"
+    assert plain.returncode == 0
+
+    one = manage("recover", "--dead", "--id", str(first.pk), smtp=smtp)
+    assert one.returncode == 0, "only that id is in scope"
+    assert "comment_created              handled         1" in one.stdout
+    assert "still failed or dead: 0" in one.stdout
+    dry = manage("recover", "--dead", "--dry-run").stdout
+    assert "comment_created              dead            2" in dry, dry
+    assert smtp.mailbox.event_ids() == [first.pk]
+
+    rest = manage("recover", "--dead", "--channel", "comment_created", smtp=smtp)
+    assert rest.returncode == 0, rest.stdout
+    assert sorted(smtp.mailbox.event_ids()) == [first.pk, second.pk, third.pk]
+    assert set(EventRecord.objects.values_list("state", flat=True)) == {"done"}
+
+
+def test_a_dead_event_that_fails_again_on_replay_stays_dead(post: Post, reader: User) -> None:
+    EventRecord.objects.create(
+        channel="nobody_handles_this", operation="INSERT", table_name="x", new={}, state="dead"
+    )
+    result = manage("recover", "--dead")
+    assert result.returncode == 1
+    assert "nobody_handles_this          dead            1" in result.stdout
+    assert EventRecord.objects.get(channel="nobody_handles_this").state == "dead"
