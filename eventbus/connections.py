@@ -12,6 +12,8 @@ import psycopg
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from eventbus import conf
+
 # Keys of Django's psycopg connection parameters that are not libpq parameters.
 _DJANGO_ONLY = {
     "context",
@@ -35,5 +37,20 @@ def connection_params(wrapper: BaseDatabaseWrapper) -> dict[str, Any]:
 
 
 def connect_listen(alias: str = "default") -> psycopg.Connection[Any]:
-    params = {"connect_timeout": 5, **connection_params(connections[alias])}
+    """The LISTEN connection: EVENTBUS_LISTEN_DATABASE_URL if set, else as Django connects.
+
+    TCP keepalives let the kernel notice a peer that vanished; the worker's ping notices
+    a connection that is open but no longer delivers.
+    """
+    options = {
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+    url = conf.get().LISTEN_DATABASE_URL
+    if url:
+        return psycopg.connect(url, autocommit=True, application_name="eventbus-listen", **options)
+    params = {**options, **connection_params(connections[alias])}
     return psycopg.connect(autocommit=True, application_name="eventbus-listen", **params)

@@ -45,11 +45,11 @@ class Notifier:
         assert self._conn is not None
         return self._conn.info.backend_pid
 
-    def wait(self, timeout: float, interrupt_fd: int | None = None) -> int:
+    def wait(self, timeout: float, interrupt_fd: int | None = None) -> set[str]:
         """Block until a NOTIFY, `interrupt_fd` is readable, or `timeout` seconds pass.
 
-        Returns the number of notifications consumed. Raises ``psycopg.OperationalError``
-        when the connection is gone, so the caller reconnects.
+        Returns the channels that notified. Raises ``psycopg.OperationalError`` when the
+        connection is gone, so the caller reconnects.
         """
         assert self._conn is not None
         pgconn = self._conn.pgconn
@@ -57,15 +57,15 @@ class Notifier:
         if received:
             return received
         fds = [pgconn.socket] + ([interrupt_fd] if interrupt_fd is not None else [])
-        readable, _, _ = select.select(fds, [], [], timeout)
+        readable, _, _ = select.select(fds, [], [], max(0.0, timeout))
         if pgconn.socket in readable:
             pgconn.consume_input()  # raises OperationalError on a closed connection
             return self._consume(pgconn)
-        return 0
+        return set()
 
     @staticmethod
-    def _consume(pgconn: Any) -> int:
-        count = 0
-        while pgconn.notifies() is not None:
-            count += 1
-        return count
+    def _consume(pgconn: Any) -> set[str]:
+        channels = set()
+        while (notify := pgconn.notifies()) is not None:
+            channels.add(notify.relname.decode())
+        return channels

@@ -12,6 +12,7 @@ import logging
 import os
 import select
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,17 @@ from eventbus.sql import Scope
 
 log = logging.getLogger("eventbus.worker")
 
-CONNECTION_ERRORS = (psycopg.OperationalError, db.OperationalError, db.InterfaceError)
+
+class ListenConnectionSilent(Exception):
+    """The listen connection is open but no longer delivers notifications (half-open)."""
+
+
+CONNECTION_ERRORS = (
+    psycopg.OperationalError,
+    db.OperationalError,
+    db.InterfaceError,
+    ListenConnectionSilent,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class WorkerOptions:
     poll_interval: float
     reconnect_max_delay: float = 10.0
     alias: str = "default"
+    health_interval: float = 10.0  # seconds between pings through the listen connection
 
 
 def worker_name() -> str:
@@ -59,7 +71,11 @@ class Worker:
     @property
     def notify_channels(self) -> list[str]:
         names: Sequence[str] = self.options.channels or registry.channel_names()
-        return [notify_channel(name) for name in names]
+        return [notify_channel(name) for name in names] + [self.ping_channel]
+
+    @property
+    def ping_channel(self) -> str:
+        return f"eventbus_ping_{os.getpid()}"
 
     def request_stop(self) -> None:
         """Stop claiming; the batch in flight finishes. Safe to call from a signal handler."""
@@ -75,9 +91,16 @@ class Worker:
             try:
                 with Notifier(self.notify_channels, self.options.alias) as notifier:
                     delay = 0.5
+                    health = Health(self.options.health_interval)
                     self.drain()
                     while not self._stopping:
-                        notifier.wait(self.options.poll_interval, self._wake_r)
+                        if health.ping_due():
+                            self._ping()
+                            health.sent()
+                        timeout = min(self.options.poll_interval, health.seconds_to_deadline())
+                        if self.ping_channel in notifier.wait(timeout, self._wake_r):
+                            health.answered()
+                        health.check()  # raises ListenConnectionSilent
                         self._stop_if_orphaned()
                         self.drain()
             except CONNECTION_ERRORS as exc:
@@ -106,6 +129,11 @@ class Worker:
                 break
         return total
 
+    def _ping(self) -> None:
+        """NOTIFY our own ping channel through the claim connection."""
+        with connections[self.options.alias].cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [self.ping_channel])
+
     def _stop_if_orphaned(self) -> None:
         """A worker whose supervisor died (kill -9) stops instead of running unsupervised."""
         if os.getppid() != self._parent_pid:
@@ -118,3 +146,42 @@ class Worker:
 
     def _sleep(self, seconds: float) -> None:
         select.select([self._wake_r], [], [], seconds)
+
+
+class Health:
+    """Tracks the ping that proves the listen connection still delivers.
+
+    A ping is sent every `interval` seconds and must come back within `interval`; if it
+    does not, the connection is silently dead (a half-open TCP connection, a proxy that
+    black-holes it) and the worker reconnects instead of waiting on it forever.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next_ping = time.monotonic() + interval
+        self._outstanding_since: float | None = None
+
+    def ping_due(self) -> bool:
+        return self._outstanding_since is None and time.monotonic() >= self._next_ping
+
+    def sent(self) -> None:
+        self._outstanding_since = time.monotonic()
+
+    def answered(self) -> None:
+        self._outstanding_since = None
+        self._next_ping = time.monotonic() + self.interval
+
+    def seconds_to_deadline(self) -> float:
+        now = time.monotonic()
+        if self._outstanding_since is None:
+            return max(0.0, self._next_ping - now)
+        return max(0.0, self._outstanding_since + self.interval - now)
+
+    def check(self) -> None:
+        waited = (
+            time.monotonic() - self._outstanding_since
+            if self._outstanding_since is not None
+            else 0.0
+        )
+        if waited >= self.interval:
+            raise ListenConnectionSilent(f"listen connection delivered no ping in {waited:.1f} s")

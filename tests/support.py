@@ -125,13 +125,19 @@ def manage(
 class Listener:
     """`./manage.py listen …` as a real process, its output in a log file."""
 
-    def __init__(self, log_path: Path, *args: str, smtp: SMTPServer | None = None) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        *args: str,
+        smtp: SMTPServer | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "listen", *args],
             cwd=ROOT,
-            env=manage_env(smtp),
+            env=env or manage_env(smtp),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

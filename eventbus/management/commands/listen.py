@@ -49,6 +49,7 @@ class Command(BaseCommand):
             poll_interval=options["poll_interval"],
             reconnect_max_delay=settings.RECONNECT_MAX_DELAY,
             alias=settings.DATABASE_ALIAS,
+            health_interval=settings.HEALTH_INTERVAL,
         )
         supervisor = Supervisor(options["processes"], worker_options, settings.SHUTDOWN_TIMEOUT)
         code = supervisor.run()
