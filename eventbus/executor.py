@@ -32,8 +32,9 @@ from eventbus.timeouts import Alarm, time_limit
 log = logging.getLogger("eventbus.executor")
 
 MAX_ERROR_CHARS = 8000
-# Errors that say "try again", not "this event is bad".
-TRANSIENT = (psycopg.errors.TransactionRollback, psycopg.errors.LockNotAvailable)
+# SQLSTATEs that say "try again", not "this event is bad": class 40 (transaction
+# rollback: serialization failure, deadlock) and lock_not_available (lock_timeout).
+TRANSIENT_SQLSTATE_PREFIXES = ("40", "55P03")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +147,11 @@ class Executor:
 
 
 def is_transient(exc: BaseException | None) -> bool:
-    if exc is None:
-        return False
-    return isinstance(exc, TRANSIENT) or isinstance(exc.__cause__, TRANSIENT)
+    """A psycopg error (or Django's wrapper of one) whose SQLSTATE means "try again"."""
+    for candidate in (exc, exc.__cause__ if exc is not None else None):
+        if isinstance(candidate, psycopg.Error) and candidate.sqlstate:
+            return candidate.sqlstate.startswith(TRANSIENT_SQLSTATE_PREFIXES)
+    return False
 
 
 def _log(outcome: Outcome) -> None:
