@@ -124,9 +124,9 @@ class Worker:
         total = 0
         while not self._stopping:
             outcomes = self.executor.run_batch(self.scope, self.options.batch_size)
-            total += len(outcomes)
-            if len(outcomes) < self.options.batch_size:
+            if not outcomes:  # not "fewer than a batch": ordered keys release one at a time
                 break
+            total += len(outcomes)
         return total
 
     def _ping(self) -> None:
