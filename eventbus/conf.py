@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -14,6 +15,7 @@ _ENVIRONMENT: dict[str, Any] = {
     "HEALTH_INTERVAL": float,
     "FAULT_RATE": float,
     "FAULT_SEED": int,
+    "RETRY": json.loads,  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
 }
 
 

@@ -37,6 +37,10 @@ MAX_ERROR_CHARS = 8000
 TRANSIENT_SQLSTATE_PREFIXES = ("40", "55P03")
 
 
+class _ProbeSucceeded(Exception):
+    """Raised to roll back a probe's savepoint after its handler succeeded."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     event_id: int
@@ -95,20 +99,38 @@ class Executor:
         return [outcomes[event.id] for event in events]
 
     def _handle_group(self, handler: Callable[..., Any], group: list[Event]) -> dict[int, Outcome]:
+        """Run a batch handler; if it raises, find the bad events and commit the rest together.
+
+        The bad events are found by probing each event alone in a savepoint that is always
+        rolled back, so probes keep no row locks; the good ones then run as one call again,
+        taking their locks in the handler's own order. (Committing singles one by one would
+        take locks in event order, and two workers doing so could deadlock.)
+        """
         error, seconds = self._attempt(group, lambda: handler(group))
         if error is None or len(group) == 1:
             return {e.id: self._outcome(e, error, seconds / len(group)) for e in group}
-        # Some event in the group is bad: run them one by one to fail only that one.
-        results = {}
+        results: dict[int, Outcome] = {}
+        good = []
         for event in group:
-            error, seconds = self._attempt([event], lambda e=event: handler([e]))
-            results[event.id] = self._outcome(event, error, seconds)
+            error, seconds = self._attempt([event], lambda e=event: handler([e]), probe=True)
+            if error is None:
+                good.append(event)
+            else:
+                results[event.id] = self._outcome(event, error, seconds)
+        if good:
+            # Each alone succeeds; together they should too. If not, none can be blamed
+            # alone: they all take the error and retry.
+            error, seconds = self._attempt(good, lambda: handler(good))
+            results.update({e.id: self._outcome(e, error, seconds / len(good)) for e in good})
         return results
 
     def _attempt(
-        self, events: list[Event], call: Callable[[], Any]
+        self, events: list[Event], call: Callable[[], Any], probe: bool = False
     ) -> tuple[Exception | None, float]:
-        """Run `call` in a savepoint, under the channel's time limit."""
+        """Run `call` in a savepoint, under the channel's time limit.
+
+        A probe's savepoint is rolled back even when `call` succeeds: only its error counts.
+        """
         timeout = self.policies[events[0].channel].timeout
         started = time.perf_counter()
         try:
@@ -117,6 +139,10 @@ class Executor:
                     if faults.injected(self.fault_seed, self.fault_rate, event.id, event.attempt):
                         raise faults.InjectedFault(f"fault injected into attempt {event.attempt}")
                 call()
+                if probe:
+                    raise _ProbeSucceeded
+        except _ProbeSucceeded:
+            return None, time.perf_counter() - started
         except Alarm:
             error: Exception = HandlerTimeout(f"handler ran longer than {timeout:g} s")
             return error, time.perf_counter() - started

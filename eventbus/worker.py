@@ -92,6 +92,7 @@ class Worker:
                 with Notifier(self.notify_channels, self.options.alias) as notifier:
                     delay = 0.5
                     health = Health(self.options.health_interval)
+                    self._name_claim_connection()
                     self.drain()
                     while not self._stopping:
                         if health.ping_due():
@@ -128,6 +129,11 @@ class Worker:
                 break
             total += len(outcomes)
         return total
+
+    def _name_claim_connection(self) -> None:
+        """Show workers as such in pg_stat_activity (the listen connection has its own name)."""
+        with connections[self.options.alias].cursor() as cursor:
+            cursor.execute("SET application_name = 'eventbus-worker'")
 
     def _ping(self) -> None:
         """NOTIFY our own ping channel through the claim connection."""
