@@ -29,10 +29,10 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGALRM, _raise_alarm)
+    if signal.getsignal(signal.SIGALRM) is not _raise_alarm:  # once per process
+        signal.signal(signal.SIGALRM, _raise_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
