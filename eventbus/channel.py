@@ -12,7 +12,7 @@ capped at 8,000 bytes and would fail the user's write).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -196,7 +196,3 @@ def render_trigger_body(channel: Channel, operation: str, model: type[models.Mod
         f"FROM {source} {where}; "
         f"{wake} RETURN NULL;"
     )
-
-
-def all_channels() -> Iterable[Channel]:
-    return registry.channels()

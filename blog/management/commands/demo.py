@@ -89,7 +89,7 @@ class Command(BaseCommand):
 
     def wait_for_events(self, after_id: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        pending = EventRecord.objects.filter(id__gt=after_id, state="pending")
+        pending = EventRecord.objects.filter(id__gt=after_id, state__in=["pending", "failed"])
         while pending.exists():
             if time.monotonic() > deadline:
                 raise CommandError(f"{pending.count()} events still pending after {timeout} s")
