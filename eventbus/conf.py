@@ -15,7 +15,9 @@ _ENVIRONMENT: dict[str, Any] = {
     "HEALTH_INTERVAL": float,
     "FAULT_RATE": float,
     "FAULT_SEED": int,
-    "RETRY": json.loads,  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
+    "RETRY": json.loads,
+    "DONE_RETENTION": float,
+    "PURGE_INTERVAL": float,  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
 }
 
 
@@ -32,6 +34,8 @@ class Settings:
     CHANNELS: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-channel overrides
     HEALTH_INTERVAL: float = 10.0  # seconds between checks that the listen connection delivers
     LISTEN_DATABASE_URL: str | None = None  # a direct URL for LISTEN when claims go via a pool
+    DONE_RETENTION: float | None = 3 * 86400  # seconds done events are kept; None: forever
+    PURGE_INTERVAL: float = 60.0  # seconds between the listener's background purges
     FAULT_RATE: float = 0.0  # chaos testing: fraction of attempts failed on purpose
     FAULT_SEED: int = 0
 

@@ -53,6 +53,12 @@ class EventRecord(models.Model):
                 name="eventbus_event_key_runnable",
                 condition=models.Q(state__in=RUNNABLE),
             ),
+            # Purging history by age.
+            models.Index(
+                fields=["finished_at"],
+                name="eventbus_event_finished",
+                condition=models.Q(state__in=(DONE, DEAD)),
+            ),
             # recover --dead and operators.
             models.Index(
                 fields=["channel", "id"], name="eventbus_event_dead", condition=models.Q(state=DEAD)
@@ -61,3 +67,21 @@ class EventRecord(models.Model):
 
     def __str__(self) -> str:
         return f"event {self.id} ({self.channel}, {self.state})"
+
+
+class WorkerRecord(models.Model):
+    """A running worker, seen by its heartbeat: what `eventbus_health` checks."""
+
+    name = models.CharField(max_length=128, primary_key=True)  # host:pid
+    host = models.CharField(max_length=128)
+    pid = models.IntegerField()
+    channels = models.TextField()
+    started_at = models.DateTimeField(db_default=Now())
+    last_seen = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "eventbus_worker"
+        verbose_name = "worker"
+
+    def __str__(self) -> str:
+        return self.name

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg import sql
 
-from eventbus.event import DEAD, DONE, FAILED, RUNNABLE
+from eventbus.event import DEAD, DONE, FAILED, PENDING, RUNNABLE
 
 TABLE = sql.Identifier("eventbus_event")
 
@@ -159,3 +159,60 @@ def mark_errors(worker: str, marks: Sequence[ErrorMark]) -> tuple[sql.Composed, 
         "delays": [m.delay for m in marks],
         "errors": [m.error for m in marks],
     }
+
+
+# --- Operators: re-queue, purge, status ------------------------------------------------
+
+
+def requeue(scope: Scope) -> tuple[sql.Composed, dict[str, Any]]:
+    """Make failed or dead events of `scope` pending again, due now."""
+    where, params = _where(replace(scope, due_only=False, ordered_channels=()))
+    query = sql.SQL(
+        "UPDATE {table} AS e SET state = {pending}, run_after = now(), finished_at = NULL "
+        "WHERE {where} RETURNING e.id, e.channel"
+    ).format(table=TABLE, pending=sql.Literal(PENDING), where=where)
+    return query, params
+
+
+def notify_channels(channels: Sequence[str]) -> tuple[sql.Composed, list[Any]]:
+    return sql.SQL("SELECT pg_notify('eventbus_' || c, '') FROM unnest(%s::text[]) AS c"), [
+        sorted(set(channels))
+    ]
+
+
+def purge_batch(
+    states: Sequence[str], finished_before: datetime, limit: int
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """Delete up to `limit` finished events; short transactions, no table lock."""
+    query = sql.SQL(
+        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} AS e WHERE {states} "
+        "AND e.finished_at < %(before)s ORDER BY e.finished_at LIMIT %(limit)s "
+        "FOR UPDATE SKIP LOCKED)"
+    ).format(table=TABLE, states=_in("e.state", states))
+    return query, {"before": finished_before, "limit": limit}
+
+
+BACKLOG = sql.SQL(
+    "SELECT e.channel, count(*), extract(epoch FROM now() - min(e.created_at)) "
+    "FROM {table} AS e WHERE {runnable} GROUP BY e.channel"
+).format(table=TABLE, runnable=_in("e.state", RUNNABLE))
+
+
+def claimed(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
+    """Which of `ids` a worker's claim holds: its FOR UPDATE blocks a KEY SHARE lock."""
+    query = sql.SQL(
+        "SELECT id FROM {table} WHERE id = ANY(%s) AND id NOT IN "
+        "(SELECT id FROM {table} WHERE id = ANY(%s) FOR KEY SHARE SKIP LOCKED)"
+    ).format(table=TABLE)
+    return query, [list(ids), list(ids)]
+
+
+WORKERS = sql.Identifier("eventbus_worker")
+
+HEARTBEAT = sql.SQL(
+    "INSERT INTO {workers} (name, host, pid, channels, started_at, last_seen) "
+    "VALUES (%s, %s, %s, %s, now(), now()) "
+    "ON CONFLICT (name) DO UPDATE SET last_seen = now()"
+).format(workers=WORKERS)
+
+FORGET_WORKER = sql.SQL("DELETE FROM {workers} WHERE name = %s").format(workers=WORKERS)

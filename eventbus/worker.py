@@ -15,12 +15,13 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from django import db
 from django.db import connections
 
-from eventbus import registry
+from eventbus import maintenance, registry, sql
 from eventbus.channel import notify_channel
 from eventbus.executor import Executor
 from eventbus.notifier import Notifier
@@ -49,6 +50,8 @@ class WorkerOptions:
     reconnect_max_delay: float = 10.0
     alias: str = "default"
     health_interval: float = 10.0  # seconds between pings through the listen connection
+    done_retention: float | None = None  # seconds; None: keep done events forever
+    purge_interval: float = 60.0
 
 
 def worker_name() -> str:
@@ -65,6 +68,7 @@ class Worker:
         )
         self._stopping = False
         self._parent_pid = os.getppid()
+        self._next_purge = time.monotonic() + options.purge_interval
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
@@ -104,6 +108,7 @@ class Worker:
                         health.check()  # raises ListenConnectionSilent
                         self._stop_if_orphaned()
                         self.drain()
+                        self._purge_if_due()
             except CONNECTION_ERRORS as exc:
                 if self._stopping:
                     break
@@ -117,6 +122,7 @@ class Worker:
                 self._close_claim_connection()
                 self._sleep(delay)
                 delay = min(delay * 2, self.options.reconnect_max_delay)
+        self._forget()
         self._close_claim_connection()
         log.info("worker %s stopped", self.name)
 
@@ -130,21 +136,49 @@ class Worker:
             total += len(outcomes)
         return total
 
+    def _purge_if_due(self) -> None:
+        if self.options.done_retention is None or time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + self.options.purge_interval
+        purged = maintenance.purge_expired(self.options.done_retention, self.options.alias)
+        if purged:
+            log.info(
+                "worker %s purged %d done event(s) older than %.0f s",
+                self.name,
+                purged,
+                self.options.done_retention,
+            )
+
     def _name_claim_connection(self) -> None:
         """Show workers as such in pg_stat_activity (the listen connection has its own name)."""
         with connections[self.options.alias].cursor() as cursor:
             cursor.execute("SET application_name = 'eventbus-worker'")
+            self._heartbeat(cursor)
 
     def _ping(self) -> None:
-        """NOTIFY our own ping channel through the claim connection."""
+        """NOTIFY our own ping channel through the claim connection; record a heartbeat."""
         with connections[self.options.alias].cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [self.ping_channel])
+            self._heartbeat(cursor)
+
+    def _heartbeat(self, cursor: Any) -> None:
+        host, _, pid = self.name.rpartition(":")
+        channels = ",".join(self.options.channels or ["*"])
+        cursor.execute(sql.HEARTBEAT, [self.name, host, int(pid), channels])
 
     def _stop_if_orphaned(self) -> None:
         """A worker whose supervisor died (kill -9) stops instead of running unsupervised."""
         if os.getppid() != self._parent_pid:
             log.warning("worker %s lost its supervisor; stopping", self.name)
             self.request_stop()
+
+    def _forget(self) -> None:
+        """A clean stop removes the heartbeat row; a crash leaves it to go stale."""
+        try:
+            with connections[self.options.alias].cursor() as cursor:
+                cursor.execute(sql.FORGET_WORKER, [self.name])
+        except CONNECTION_ERRORS:
+            pass
 
     def _close_claim_connection(self) -> None:
         with contextlib.suppress(CONNECTION_ERRORS):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.core.management.base import CommandError
 from django.utils import timezone
@@ -37,3 +37,23 @@ def timestamp(value: str | None) -> datetime | None:
     if timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed)
     return parsed
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(value: str) -> timedelta:
+    """Parse `30d`, `12h`, `90m`, `45s` or `2w`."""
+    number, unit = value[:-1], value[-1:].lower()
+    if unit not in _UNITS or not number.isdigit():
+        raise CommandError(f"not a duration like 30d, 12h, 90m or 45s: {value!r}")
+    return timedelta(seconds=int(number) * _UNITS[unit])
+
+
+def states(values: list[str] | None, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+    if not values:
+        return None
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise CommandError(f"unknown state(s): {', '.join(unknown)}; one of: {', '.join(allowed)}")
+    return tuple(dict.fromkeys(values))

@@ -50,6 +50,8 @@ class Command(BaseCommand):
             reconnect_max_delay=settings.RECONNECT_MAX_DELAY,
             alias=settings.DATABASE_ALIAS,
             health_interval=settings.HEALTH_INTERVAL,
+            done_retention=settings.DONE_RETENTION,
+            purge_interval=settings.PURGE_INTERVAL,
         )
         supervisor = Supervisor(options["processes"], worker_options, settings.SHUTDOWN_TIMEOUT)
         code = supervisor.run()

@@ -1,0 +1,81 @@
+"""Operator actions on the event table: re-queue failed or dead events, purge history."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import connections, transaction
+from django.utils import timezone
+
+from eventbus import sql
+from eventbus.event import DEAD, DONE, FAILED
+
+REQUEUABLE = (FAILED, DEAD)
+PURGEABLE = (DONE, DEAD)
+
+
+def requeue(scope: sql.Scope, alias: str = "default") -> list[tuple[int, str]]:
+    """Make the failed or dead events of `scope` pending and due now; wake the listeners.
+
+    Attempts are kept: a re-queued dead event gets one more attempt, as with recover.
+    Returns (id, channel) of each event re-queued.
+    """
+    states = tuple(s for s in scope.states if s in REQUEUABLE)
+    if not states:
+        return []
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(
+            *sql.requeue(
+                sql.Scope(states=states, channels=scope.channels, ids=scope.ids, since=scope.since)
+            )
+        )
+        rows = [(int(i), str(c)) for i, c in cursor.fetchall()]
+        if rows:
+            cursor.execute(*sql.notify_channels([c for _, c in rows]))
+    return rows
+
+
+def purge(
+    states: tuple[str, ...],
+    finished_before: datetime,
+    batch_size: int = 1000,
+    max_batches: int | None = None,
+    alias: str = "default",
+) -> int:
+    """Delete finished events in batches of `batch_size`, each in its own short transaction.
+
+    Only done and dead events can be purged: pending and failed ones are work not yet done.
+    """
+    refused = set(states) - set(PURGEABLE)
+    if refused:
+        raise ValueError(f"only {', '.join(PURGEABLE)} events can be purged, not {sorted(refused)}")
+    total, batches = 0, 0
+    while max_batches is None or batches < max_batches:
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            cursor.execute(*sql.purge_batch(states, finished_before, batch_size))
+            deleted = cursor.rowcount
+        total += deleted
+        batches += 1
+        if deleted < batch_size:
+            break
+    return total
+
+
+PURGE_LOCK = 0x65766275  # one purger at a time across all listeners ("evbu")
+
+
+def purge_expired(retention_seconds: float, alias: str = "default", max_batches: int = 20) -> int:
+    """The listener's background purge of done events older than the retention.
+
+    Whichever worker gets the advisory lock purges; the others skip this round. Bounded
+    per round, so a large backlog of history is worked off over several rounds.
+    """
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [PURGE_LOCK])
+        if not cursor.fetchone()[0]:
+            return 0
+        try:
+            before = timezone.now() - timedelta(seconds=retention_seconds)
+            return purge((DONE,), before, max_batches=max_batches, alias=alias)
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [PURGE_LOCK])

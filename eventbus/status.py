@@ -1,0 +1,60 @@
+"""The read side: what happened to an event, in a shape for APIs and commands.
+
+``running`` is not stored: a claim is a row lock inside the worker's transaction. An
+event is running when it is runnable and a worker holds that lock right now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import connections, transaction
+
+from eventbus import sql
+from eventbus.event import RUNNABLE
+from eventbus.models import EventRecord
+
+RUNNING = "running"
+
+
+def claimed_ids(ids: Iterable[int], alias: str = "default") -> set[int]:
+    """Which of `ids` a worker holds at this moment (never waits for a lock)."""
+    ids = list(ids)
+    if not ids:
+        return set()
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(*sql.claimed(ids))
+        return {row[0] for row in cursor.fetchall()}
+
+
+def describe(records: list[EventRecord], alias: str = "default") -> list[dict[str, Any]]:
+    """Each event as a dict, its state `running` while a worker holds it."""
+    running = claimed_ids((r.id for r in records if r.state in RUNNABLE), alias)
+    return [as_dict(r, RUNNING if r.id in running else r.state) for r in records]
+
+
+def as_dict(record: EventRecord, state: str | None = None) -> dict[str, Any]:
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": record.id,
+        "channel": record.channel,
+        "key": record.key,
+        "state": state or record.state,
+        "attempts": record.attempts,
+        "created_at": iso(record.created_at),
+        "first_claimed_at": iso(record.first_claimed_at),
+        "finished_at": iso(record.finished_at),
+        "run_after": iso(record.run_after),
+        "worker": record.worker,
+        "last_error": record.last_error,
+    }
+
+
+def backlog(alias: str = "default") -> dict[str, tuple[int, float]]:
+    """Runnable events per channel: (count, age in seconds of the oldest)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql.BACKLOG)
+        return {channel: (int(n), float(age or 0)) for channel, n, age in cursor.fetchall()}
