@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 
 from blog.models import Post
 from listeners import mail
-from tests.support import Listener, SMTPServer
+from tests.support import Listener, SMTPServer, manage_env
 
 
 @pytest.fixture
@@ -24,8 +24,14 @@ def start_listener(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
     """Start `./manage.py listen ARGS` processes; all are stopped at the end of the test."""
     started: list[Listener] = []
 
-    def start(*args: str, smtp: SMTPServer | None = None, workers: int | None = None) -> Listener:
-        listener = Listener(tmp_path / f"listen-{len(started)}.log", *args, smtp=smtp)
+    def start(
+        *args: str,
+        smtp: SMTPServer | None = None,
+        workers: int | None = None,
+        env_extra: dict[str, str] | None = None,
+    ) -> Listener:
+        env = manage_env(smtp, **(env_extra or {}))
+        listener = Listener(tmp_path / f"listen-{len(started)}.log", *args, env=env)
         started.append(listener)
         if workers:
             listener.wait_started(workers)
