@@ -1,6 +1,22 @@
-from django.contrib import admin
+"""Events in the Django admin: filter, search by id, read payload and errors, retry, discard."""
 
-from eventbus.models import EventRecord
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from eventbus import maintenance
+from eventbus.models import EventRecord, WorkerRecord
+from eventbus.sql import Scope
+
+
+def _pretty(value: Any) -> str:
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 @admin.register(EventRecord)
@@ -8,14 +24,113 @@ class EventAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         "channel",
-        "operation",
         "key",
         "state",
         "attempts",
         "created_at",
         "finished_at",
         "worker",
+        "error_summary",
     )
     list_filter = ("state", "channel")
-    search_fields = ("=id", "key")
-    readonly_fields = [f.name for f in EventRecord._meta.fields]
+    search_fields = ("key",)
+    search_help_text = "An event id, or a key."
+    ordering = ("-id",)
+    actions = ("retry_events", "discard_events")
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "channel",
+                    "operation",
+                    "table_name",
+                    "key",
+                    "state",
+                    "attempts",
+                    "worker",
+                )
+            },
+        ),
+        ("Times", {"fields": ("created_at", "first_claimed_at", "finished_at", "run_after")}),
+        ("Payload", {"fields": ("old_row", "new_row")}),
+        ("Errors", {"fields": ("last_error_text", "error_history")}),
+    )
+    readonly_fields = (
+        "id",
+        "channel",
+        "operation",
+        "table_name",
+        "key",
+        "state",
+        "attempts",
+        "worker",
+        "created_at",
+        "first_claimed_at",
+        "finished_at",
+        "run_after",
+        "old_row",
+        "new_row",
+        "last_error_text",
+        "error_history",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # events are written by triggers, not by hand
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[EventRecord], search_term: str
+    ) -> tuple[QuerySet[EventRecord], bool]:
+        term = search_term.strip()
+        if term.isdigit():
+            return queryset.filter(id=int(term)) | queryset.filter(key=term), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="last error")
+    def error_summary(self, record: EventRecord) -> str:
+        return (record.last_error or "").split("\n", 1)[0][:80]
+
+    @admin.display(description="old row")
+    def old_row(self, record: EventRecord) -> str:
+        return _pretty(record.old)
+
+    @admin.display(description="new row")
+    def new_row(self, record: EventRecord) -> str:
+        return _pretty(record.new)
+
+    @admin.display(description="last error")
+    def last_error_text(self, record: EventRecord) -> str:
+        return format_html("<pre>{}</pre>", record.last_error or "")
+
+    @admin.display(description="every attempt's error")
+    def error_history(self, record: EventRecord) -> str:
+        return _pretty(record.errors)
+
+    @admin.action(description="Retry: re-queue the selected failed or dead events")
+    def retry_events(self, request: HttpRequest, queryset: QuerySet[EventRecord]) -> None:
+        ids = tuple(queryset.values_list("id", flat=True))
+        done = maintenance.requeue(Scope(states=maintenance.REQUEUABLE, ids=ids))
+        self.message_user(
+            request,
+            f"Re-queued {len(done)} event(s); the others were not failed or dead."
+            if len(done) < len(ids)
+            else f"Re-queued {len(done)} event(s).",
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Discard: stop retrying the selected pending or failed events")
+    def discard_events(self, request: HttpRequest, queryset: QuerySet[EventRecord]) -> None:
+        ids = list(queryset.values_list("id", flat=True))
+        reason = f"Discarded in the admin by {request.user}"
+        done = maintenance.discard(ids, reason)
+        self.message_user(request, f"Discarded {len(done)} event(s).", messages.SUCCESS)
+
+
+@admin.register(WorkerRecord)
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = ("name", "host", "pid", "channels", "started_at", "last_seen")
+    readonly_fields = ("name", "host", "pid", "channels", "started_at", "last_seen")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -79,3 +79,10 @@ def purge_expired(retention_seconds: float, alias: str = "default", max_batches:
             return purge((DONE,), before, max_batches=max_batches, alias=alias)
         finally:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [PURGE_LOCK])
+
+
+def discard(ids: list[int], reason: str, alias: str = "default") -> list[int]:
+    """Stop retrying pending or failed events: they become dead, kept, with `reason`."""
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(*sql.discard(ids, reason))
+        return [row[0] for row in cursor.fetchall()]

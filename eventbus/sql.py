@@ -216,3 +216,15 @@ HEARTBEAT = sql.SQL(
 ).format(workers=WORKERS)
 
 FORGET_WORKER = sql.SQL("DELETE FROM {workers} WHERE name = %s").format(workers=WORKERS)
+
+
+def discard(ids: Sequence[int], reason: str) -> tuple[sql.Composed, dict[str, Any]]:
+    """Make pending or failed events dead with `reason`; skip any a worker holds now."""
+    query = sql.SQL(
+        "UPDATE {table} AS e SET state = {dead}, finished_at = clock_timestamp(), "
+        "last_error = %(reason)s, errors = e.errors || jsonb_build_array(jsonb_build_object("
+        "'attempt', e.attempts, 'at', clock_timestamp(), 'worker', NULL, 'error', %(reason)s)) "
+        "WHERE e.id IN (SELECT id FROM {table} WHERE id = ANY(%(ids)s) AND {runnable} "
+        "FOR UPDATE SKIP LOCKED) RETURNING e.id"
+    ).format(table=TABLE, dead=sql.Literal(DEAD), runnable=_in("state", RUNNABLE))
+    return query, {"ids": list(ids), "reason": reason}
