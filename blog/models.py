@@ -46,6 +46,8 @@ class Post(models.Model):
     # Filled by post-processing (listeners/posts.py).
     word_count = models.IntegerField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # Where to POST the outcome of post-processing (set by the webhook API).
+    callback_url = models.URLField(max_length=500, null=True, blank=True)
 
     class Meta:
         triggers = [*channels.post_created.triggers(), *channels.post_edited.triggers()]

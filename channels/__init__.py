@@ -15,3 +15,6 @@ post_tags_changed = Channel("post_tags_changed", operations=[INSERT, DELETE], ke
 post_categories_changed = Channel(
     "post_categories_changed", operations=[INSERT, DELETE], key="post"
 )
+# Published from code when a post's processing ends (done or dead) and the post has a
+# callback_url; its handler POSTs the outcome there, with retries like any event.
+post_processing_finished = Channel("post_processing_finished", operations=(), key="post")

@@ -80,6 +80,10 @@ EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
 EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "blog@localhost")
 
+# --- Webhook API ---------------------------------------------------------------------
+# Shared secret for the HMAC signature of API requests and of outgoing callbacks.
+WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET", "dev-only-webhook-secret")
+
 # --- eventbus --------------------------------------------------------------------------
 EVENTBUS = {
     # Modules imported at start-up that register handlers.

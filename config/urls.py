@@ -1,4 +1,11 @@
 from django.contrib import admin
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from blog import api
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/posts/", api.create_post, name="create-post"),
+    path("api/posts/<int:post_id>/processing/", api.post_processing, name="post-processing"),
+    path("api/events/<int:event_id>/", api.event_status, name="event-status"),
+]

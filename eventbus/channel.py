@@ -60,7 +60,8 @@ class Channel:
 
     Args:
         name: lower-case identifier, unique in the project (``comment_created``).
-        operations: any of ``INSERT``, ``UPDATE``, ``DELETE``.
+        operations: any of ``INSERT``, ``UPDATE``, ``DELETE``; none for a channel whose
+            events are published from code (``channel.publish(...)``).
         key: model field whose value groups events (for instance ``post``); stored as text.
         changed: for ``UPDATE``, only rows where one of these fields changed make an event.
         notify: send a wake-up NOTIFY on commit. ``False`` makes a poll-only channel for
@@ -90,7 +91,7 @@ class Channel:
             )
         self.operations = tuple(self.operations)
         unknown = set(self.operations) - set(_OPERATIONS)
-        if not self.operations or unknown:
+        if unknown:
             raise ValueError(f"channel {self.name}: operations must be among {list(_OPERATIONS)}")
         if self.ordered and not self.key:
             raise ValueError(f"channel {self.name}: an ordered channel needs a key")
@@ -118,6 +119,34 @@ class Channel:
         registry.set_handler(self.name, registry.Registration(handler))
         self.handler = handler
         return handler
+
+    def on_dead(self, hook: Callable[[Event, str], Any]) -> Callable[[Event, str], Any]:
+        """Decorator: call `hook(event, error)` when an event of this channel dies.
+
+        It runs in the claim transaction (in its own savepoint) before the event is marked
+        dead, so what it writes or publishes commits with the death. Its own errors are
+        logged and do not change the outcome.
+        """
+        registry.set_dead_hook(self.name, hook)
+        return hook
+
+    def publish(
+        self, payload: dict[str, Any], key: str | int | None = None, using: str = "default"
+    ) -> int:
+        """Write an event of this channel from code, in the current transaction.
+
+        For channels without a table behind them (``operations=()``): the event commits
+        or rolls back with the caller's transaction, exactly like a trigger's. Returns its id.
+        """
+        from django.db import connections
+
+        from eventbus import sql as queries
+
+        with connections[using].cursor() as cursor:
+            cursor.execute(
+                *queries.publish(self.name, payload, None if key is None else str(key), self.notify)
+            )
+            return int(cursor.fetchone()[0])
 
     def on_batch(self, handler: BatchHandler) -> BatchHandler:
         """Decorator: register a handler that takes all of a batch's events of this channel.

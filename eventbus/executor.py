@@ -74,6 +74,7 @@ class Executor:
                 cursor.execute(*sql.claim(scope, limit))
                 events = [Event.from_row(row) for row in cursor.fetchall()]
             outcomes = self._handle_all(events)
+            self._run_dead_hooks(events, outcomes)
             self._mark(outcomes)
         for outcome in outcomes:  # logged once committed: these are the real state changes
             _log(outcome)
@@ -125,7 +126,11 @@ class Executor:
         return results
 
     def _attempt(
-        self, events: list[Event], call: Callable[[], Any], probe: bool = False
+        self,
+        events: list[Event],
+        call: Callable[[], Any],
+        probe: bool = False,
+        inject: bool = True,
     ) -> tuple[Exception | None, float]:
         """Run `call` in a savepoint, under the channel's time limit.
 
@@ -135,7 +140,7 @@ class Executor:
         started = time.perf_counter()
         try:
             with transaction.atomic(using=self.alias), time_limit(timeout):
-                for event in events:
+                for event in events if inject else ():
                     if faults.injected(self.fault_seed, self.fault_rate, event.id, event.attempt):
                         raise faults.InjectedFault(f"fault injected into attempt {event.attempt}")
                 call()
@@ -157,6 +162,22 @@ class Executor:
         return Outcome(
             event.id, event.channel, event.attempt, step.state, text, seconds, step.delay
         )
+
+    def _run_dead_hooks(self, events: list[Event], outcomes: list[Outcome]) -> None:
+        for event, outcome in zip(events, outcomes, strict=True):
+            hook = registry.dead_hook_for(event.channel) if outcome.status == DEAD else None
+            if hook is None:
+                continue
+            error, _ = self._attempt(
+                [event], lambda h=hook, e=event, o=outcome: h(e, o.error), inject=False
+            )
+            if error is not None:
+                log.error(
+                    "event %d %s: its on_dead hook failed: %s",
+                    event.id,
+                    event.channel,
+                    describe(error).splitlines()[0],
+                )
 
     def _mark(self, outcomes: list[Outcome]) -> None:
         done = [o.event_id for o in outcomes if o.status == DONE]

@@ -28,6 +28,7 @@ class Registration:
 
 _channels: dict[str, Channel] = {}
 _handlers: dict[str, Registration] = {}
+_dead_hooks: dict[str, Callable[..., Any]] = {}
 
 
 def add_channel(channel: Channel) -> None:
@@ -42,6 +43,14 @@ def set_handler(channel_name: str, registration: Registration) -> None:
     if existing is not None and existing != registration:
         raise ValueError(f"channel {channel_name!r} already has the handler {existing.name}")
     _handlers[channel_name] = registration
+
+
+def set_dead_hook(channel_name: str, hook: Callable[..., Any]) -> None:
+    _dead_hooks[channel_name] = hook
+
+
+def dead_hook_for(channel_name: str) -> Callable[..., Any] | None:
+    return _dead_hooks.get(channel_name)
 
 
 def handler_for(channel_name: str) -> Registration:

@@ -7,6 +7,7 @@ States are inlined as literals on purpose: the partial indexes (``WHERE state IN
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -228,3 +229,15 @@ def discard(ids: Sequence[int], reason: str) -> tuple[sql.Composed, dict[str, An
         "FOR UPDATE SKIP LOCKED) RETURNING e.id"
     ).format(table=TABLE, dead=sql.Literal(DEAD), runnable=_in("state", RUNNABLE))
     return query, {"ids": list(ids), "reason": reason}
+
+
+def publish(
+    channel: str, payload: dict[str, Any], key: str | None, notify: bool
+) -> tuple[sql.Composed, list[Any]]:
+    """Insert one published event (and its wake-up) in the caller's transaction."""
+    query = sql.SQL(
+        "WITH e AS (INSERT INTO {table} (channel, operation, table_name, key, new) "
+        "VALUES (%s, 'PUBLISH', '', %s, %s::jsonb) RETURNING id) "
+        "SELECT e.id, CASE WHEN %s THEN pg_notify('eventbus_' || %s, '') END FROM e"
+    ).format(table=TABLE)
+    return query, [channel, key, json.dumps(payload), notify, channel]

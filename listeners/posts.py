@@ -23,6 +23,26 @@ def process_new_post(event: Event) -> None:
     if body is None:
         raise RowGone(f"post {post_id} no longer exists")
     _store(post_id, body)
+    if url := event.row.get("callback_url"):
+        channels.post_processing_finished.publish(
+            {"post_id": post_id, "state": "done", "url": url, "word_count": word_count(body)},
+            key=post_id,
+        )
+
+
+@channels.post_created.on_dead
+def report_dead_processing(event: Event, error: str) -> None:
+    """Processing gave up: the client still hears about it, with the reason."""
+    if url := event.row.get("callback_url"):
+        channels.post_processing_finished.publish(
+            {
+                "post_id": event.row.get("id"),
+                "state": "dead",
+                "url": url,
+                "error": error.splitlines()[0],
+            },
+            key=event.row.get("id"),
+        )
 
 
 @channels.post_edited.on

@@ -1,0 +1,136 @@
+"""The webhook API: accept a post at once (202), process it in the listener, report status.
+
+Every request carries `X-Eventbus-Signature: sha256=<hex>`, an HMAC-SHA256 with the shared
+WEBHOOK_SECRET over "METHOD\\npath\\nbody" (see blog/signing.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from blog import signing
+from blog.models import Category, Post, Tag
+from eventbus import status
+from eventbus.event import DEAD, DONE, FAILED, PENDING
+from eventbus.models import EventRecord
+
+# The channels whose events make up a post's processing.
+PROCESSING_CHANNELS = ("post_created", "post_tags_changed", "post_categories_changed")
+
+
+def _error(status_code: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status_code)
+
+
+def _unsigned(request: HttpRequest) -> JsonResponse | None:
+    signature = request.headers.get(signing.HEADER)
+    if not signature:
+        return _error(401, f"missing {signing.HEADER} header")
+    if not signing.valid(signature, request.method or "", request.path, request.body):
+        return _error(401, f"bad {signing.HEADER}: not the HMAC of this request")
+    return None
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    missing = [k for k in ("title", "body", "author") if not isinstance(data.get(k), str)]
+    if missing:
+        raise BadRequest(f"missing or not a string: {', '.join(missing)}")
+    for k in ("tags", "categories"):
+        if not all(isinstance(x, str) and x for x in data.get(k, [])):
+            raise BadRequest(f"{k} must be a list of names")
+    if url := data.get("callback_url"):
+        try:
+            URLValidator(schemes=["http", "https"])(url)
+        except ValidationError:
+            raise BadRequest(f"callback_url is not an http(s) URL: {url!r}") from None
+    return data
+
+
+@csrf_exempt
+@require_POST
+def create_post(request: HttpRequest) -> JsonResponse:
+    if refused := _unsigned(request):
+        return refused
+    try:
+        data = _parse(request.body)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    author = get_user_model().objects.filter(username=data["author"]).first()
+    if author is None:
+        return _error(400, f"unknown author: {data['author']!r}")
+    with transaction.atomic():  # the post, its tags and categories: all or nothing
+        post = Post.objects.create(
+            title=data["title"],
+            body=data["body"],
+            author=author,
+            callback_url=data.get("callback_url") or None,
+        )
+        post.tags.add(*[Tag.objects.get_or_create(name=n)[0] for n in data.get("tags", [])])
+        post.categories.add(
+            *[Category.objects.get_or_create(name=n)[0] for n in data.get("categories", [])]
+        )
+    status_url = reverse("post-processing", args=[post.pk])
+    return JsonResponse({"post_id": post.pk, "status_url": status_url}, status=202)
+
+
+@require_GET
+def event_status(request: HttpRequest, event_id: int) -> JsonResponse:
+    if refused := _unsigned(request):
+        return refused
+    record = EventRecord.objects.filter(pk=event_id).first()
+    if record is None:
+        return _error(404, f"no event {event_id}")
+    return JsonResponse(status.describe([record])[0])
+
+
+def overall(states: list[str]) -> str:
+    """A post's processing state from its events' states, worst first."""
+    for state in (DEAD, FAILED, status.RUNNING, PENDING):
+        if state in states:
+            return state
+    return DONE
+
+
+@require_GET
+def post_processing(request: HttpRequest, post_id: int) -> JsonResponse:
+    if refused := _unsigned(request):
+        return refused
+    post = Post.objects.filter(pk=post_id).first()
+    if post is None:
+        return _error(404, f"no post {post_id}")
+    records = list(
+        EventRecord.objects.filter(channel__in=PROCESSING_CHANNELS, key=str(post_id)).order_by("id")
+    )
+    events = status.describe(records)
+    state = overall([e["state"] for e in events]) if events else PENDING
+    errors = [e["last_error"].splitlines()[0] for e in events if e["last_error"]]
+    return JsonResponse(
+        {
+            "post_id": post.pk,
+            "state": state,
+            "error": errors[-1] if errors and state in (DEAD, FAILED) else None,
+            "word_count": post.word_count,
+            "processed_at": post.processed_at.isoformat() if post.processed_at else None,
+            "events": events,
+        }
+    )

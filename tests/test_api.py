@@ -1,0 +1,154 @@
+"""The webhook API: 202 at once, processing in the listener, status and callbacks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import psycopg
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from blog import signing
+from blog.models import Post
+from eventbus.executor import Executor
+from eventbus.models import EventRecord
+from eventbus.sql import Scope
+from tests.support import HTTPReceiver, Listener, database_url, wait_until
+
+
+def call(
+    client: Client,
+    method: str,
+    path: str,
+    payload: object = None,
+    raw: bytes | None = None,
+    signature: str | None = None,
+):
+    body = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+    headers = {"HTTP_X_EVENTBUS_SIGNATURE": signature or signing.sign(method, path, body)}
+    if method == "POST":
+        return client.post(path, body, content_type="application/json", **headers)
+    return client.get(path, **headers)
+
+
+NEW_POST = {
+    "title": "Hello",
+    "body": "three small words",
+    "author": "ada",
+    "tags": ["python", "postgres"],
+    "categories": ["how-to"],
+}
+
+
+@pytest.mark.django_db
+def test_a_signed_post_is_accepted_at_once_with_a_status_url(client: Client, author: User) -> None:
+    response = call(client, "POST", "/api/posts/", NEW_POST)
+    assert response.status_code == 202
+    data = response.json()
+    post = Post.objects.get(pk=data["post_id"])
+    assert data["status_url"] == f"/api/posts/{post.pk}/processing/"
+    assert sorted(post.tags.values_list("name", flat=True)) == ["postgres", "python"]
+    assert list(post.categories.values_list("name", flat=True)) == ["how-to"]
+    assert post.word_count is None, "processing happens in the listener, not the request"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("raw", "signature", "status", "message"),
+    [
+        (json.dumps(NEW_POST).encode(), "sha256=00", 401, "bad X-Eventbus-Signature"),
+        (b"{not json", None, 400, "body is not JSON"),
+        (b"[1, 2]", None, 400, "body must be a JSON object"),
+        (json.dumps({"title": "t"}).encode(), None, 400, "missing or not a string: body, author"),
+        (json.dumps({**NEW_POST, "author": "nobody"}).encode(), None, 400, "unknown author"),
+        (json.dumps({**NEW_POST, "callback_url": "ftp://x"}).encode(), None, 400, "callback_url"),
+        (json.dumps({**NEW_POST, "tags": [3]}).encode(), None, 400, "tags must be a list"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx_and_write_nothing(
+    client: Client, author: User, raw: bytes, signature: str | None, status: int, message: str
+) -> None:
+    response = call(client, "POST", "/api/posts/", raw=raw, signature=signature)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert not Post.objects.exists() and not EventRecord.objects.exists()
+
+
+@pytest.mark.django_db
+def test_unsigned_requests_are_refused(client: Client) -> None:
+    response = client.get("/api/events/1/")
+    assert response.status_code == 401
+    assert response.json() == {"error": "missing X-Eventbus-Signature header"}
+
+
+@pytest.mark.django_db
+def test_status_endpoints_follow_processing(client: Client, author: User) -> None:
+    post_id = call(client, "POST", "/api/posts/", NEW_POST).json()["post_id"]
+    path = f"/api/posts/{post_id}/processing/"
+    pending = call(client, "GET", path).json()
+    assert pending["state"] == "pending" and len(pending["events"]) == 4
+
+    created = EventRecord.objects.get(channel="post_created")
+    event_path = f"/api/events/{created.pk}/"
+    Executor("test-worker").run_batch(Scope(), 100)
+    done = call(client, "GET", path).json()
+    assert (done["state"], done["word_count"], done["error"]) == ("done", 3, None)
+    event = call(client, "GET", event_path).json()
+    assert (event["state"], event["channel"], event["attempts"]) == ("done", "post_created", 1)
+    assert call(client, "GET", "/api/events/999999/").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_held_by_a_worker_reports_running(client: Client, author: User) -> None:
+    post_id = call(client, "POST", "/api/posts/", NEW_POST).json()["post_id"]
+    created = EventRecord.objects.get(channel="post_created")
+    with psycopg.connect(database_url()) as worker:
+        worker.execute("SELECT 1 FROM eventbus_event WHERE id = %s FOR UPDATE", [created.pk])
+        assert call(client, "GET", f"/api/events/{created.pk}/").json()["state"] == "running"
+        post = call(client, "GET", f"/api/posts/{post_id}/processing/").json()
+        assert post["state"] == "running"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_the_callback_is_posted_when_processing_ends_and_retried_on_failure(
+    client: Client, author: User, start_listener: Callable[..., Listener]
+) -> None:
+    receiver = HTTPReceiver(statuses=[503, 200])  # down once, then up
+    try:
+        start_listener(workers=1, env_extra={"EVENTBUS_RETRY": '{"base_delay": 0.1}'})
+        response = call(client, "POST", "/api/posts/", {**NEW_POST, "callback_url": receiver.url})
+        post_id = response.json()["post_id"]
+        wait_until(lambda: len(receiver.requests) == 2, 20, what="the callback, retried once")
+    finally:
+        receiver.stop()
+    headers, body = receiver.requests[-1]
+    outcome = json.loads(body)
+    assert (outcome["post_id"], outcome["state"], outcome["word_count"]) == (post_id, "done", 3)
+    assert signing.valid(headers["X-Eventbus-Signature"], "POST", "/hooks/post-processed", body)
+    callback = EventRecord.objects.get(channel="post_processing_finished")
+    wait_until(lambda: EventRecord.objects.get(pk=callback.pk).state == "done", 10)
+    callback.refresh_from_db()
+    assert callback.attempts == 2
+    assert "HTTP 503" in callback.errors[0]["error"], "the failed attempt is visible"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_the_callback_reports_processing_that_died(
+    client: Client, author: User, start_listener: Callable[..., Listener]
+) -> None:
+    receiver = HTTPReceiver(statuses=[200])
+    try:
+        response = call(client, "POST", "/api/posts/", {**NEW_POST, "callback_url": receiver.url})
+        post_id = response.json()["post_id"]
+        Post.objects.filter(pk=post_id).delete()  # gone before the listener ran
+        start_listener(workers=1)
+        wait_until(lambda: receiver.requests, 20, what="the callback")
+    finally:
+        receiver.stop()
+    outcome = json.loads(receiver.requests[0][1])
+    assert outcome["state"] == "dead"
+    assert outcome["error"] == f"RowGone: post {post_id} no longer exists"
