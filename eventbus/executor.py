@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from django.db import connections, transaction
 
-from eventbus import conf, faults, registry, sql
+from eventbus import conf, faults, metrics, registry, sql
 from eventbus.errors import HandlerTimeout
 from eventbus.event import DEAD, DONE, FAILED, Event
 from eventbus.policies import Policies
@@ -78,6 +78,7 @@ class Executor:
             self._mark(outcomes)
         for outcome in outcomes:  # logged once committed: these are the real state changes
             _log(outcome)
+            metrics.observe(outcome.channel, outcome.status, outcome.attempt, outcome.seconds)
         return outcomes
 
     def _handle_all(self, events: list[Event]) -> list[Outcome]:
@@ -203,9 +204,20 @@ def is_transient(exc: BaseException | None) -> bool:
 
 def _log(outcome: Outcome) -> None:
     where = f"event {outcome.event_id} {outcome.channel}"
+    extra = {
+        "event_id": outcome.event_id,
+        "channel": outcome.channel,
+        "attempt": outcome.attempt,
+        "duration_ms": round(outcome.seconds * 1000, 3),
+        "state": outcome.status,
+    }
     if outcome.status == DONE:
         log.info(
-            "%s: handled in %.1f ms (attempt %d)", where, outcome.seconds * 1000, outcome.attempt
+            "%s: handled in %.1f ms (attempt %d)",
+            where,
+            outcome.seconds * 1000,
+            outcome.attempt,
+            extra=extra,
         )
         return
     reason = (outcome.error or "").splitlines()[0]
@@ -216,12 +228,17 @@ def _log(outcome: Outcome) -> None:
             outcome.attempt,
             outcome.retry_in,
             reason,
+            extra=extra,
         )
     elif outcome.status == DEAD:
-        log.error("%s: dead after attempt %d: %s", where, outcome.attempt, reason)
+        log.error("%s: dead after attempt %d: %s", where, outcome.attempt, reason, extra=extra)
     else:
         log.warning(
-            "%s: deferred after a transient error (attempt %d): %s", where, outcome.attempt, reason
+            "%s: deferred after a transient error (attempt %d): %s",
+            where,
+            outcome.attempt,
+            reason,
+            extra=extra,
         )
 
 

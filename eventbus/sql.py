@@ -194,7 +194,9 @@ def purge_batch(
 
 
 BACKLOG = sql.SQL(
-    "SELECT e.channel, count(*), extract(epoch FROM now() - min(e.created_at)) "
+    # Lag counts from when an event became due: a retry waiting out its backoff is not lag.
+    "SELECT e.channel, count(*), coalesce(extract(epoch FROM now() - "
+    "min(e.run_after) FILTER (WHERE e.run_after <= now())), 0) "
     "FROM {table} AS e WHERE {runnable} GROUP BY e.channel"
 ).format(table=TABLE, runnable=_in("e.state", RUNNABLE))
 
@@ -241,3 +243,10 @@ def publish(
         "SELECT e.id, CASE WHEN %s THEN pg_notify('eventbus_' || %s, '') END FROM e"
     ).format(table=TABLE)
     return query, [channel, key, json.dumps(payload), notify, channel]
+
+
+HEALTH = sql.SQL(
+    "SELECT count(*), extract(epoch FROM now() - max(last_seen)) FROM {workers} "
+    "WHERE last_seen > now() - make_interval(secs => %(silence)s) "
+    "AND (%(host)s::text IS NULL OR host = %(host)s)"
+).format(workers=WORKERS)

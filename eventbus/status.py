@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import psycopg
 from django.db import connections, transaction
 
 from eventbus import sql
+from eventbus.connections import connection_params
 from eventbus.event import RUNNABLE
 from eventbus.models import EventRecord
 
@@ -54,7 +56,14 @@ def as_dict(record: EventRecord, state: str | None = None) -> dict[str, Any]:
 
 
 def backlog(alias: str = "default") -> dict[str, tuple[int, float]]:
-    """Runnable events per channel: (count, age in seconds of the oldest)."""
+    """Runnable events per channel: (count, seconds the oldest due one has waited)."""
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.BACKLOG)
         return {channel: (int(n), float(age or 0)) for channel, n, age in cursor.fetchall()}
+
+
+def backlog_direct(alias: str = "default") -> dict[str, tuple[int, float]]:
+    """As `backlog`, on a short-lived connection of its own (safe from any thread)."""
+    with psycopg.connect(connect_timeout=3, **connection_params(connections[alias])) as conn:
+        rows = conn.execute(sql.BACKLOG).fetchall()
+    return {channel: (int(n), float(age or 0)) for channel, n, age in rows}

@@ -19,6 +19,7 @@ from types import FrameType
 
 from django.db import connections
 
+from eventbus import metrics
 from eventbus.worker import Worker, WorkerOptions
 
 log = logging.getLogger("eventbus.supervisor")
@@ -81,8 +82,13 @@ class Supervisor:
         self._slots[slot] = process
         self._started_at[slot] = time.monotonic()
 
+    def workers_alive(self) -> int:
+        return sum(1 for p in self._slots if p is not None and p.is_alive())
+
     def _restart(self, slot: int, process: BaseProcess) -> None:
         process.join()
+        if process.pid is not None:
+            metrics.worker_exited(process.pid)
         lived = time.monotonic() - self._started_at[slot]
         # A worker that dies at once is crash-looping (bad settings, database down): back off.
         self._restart_delay[slot] = (

@@ -21,7 +21,7 @@ import psycopg
 from django import db
 from django.db import connections
 
-from eventbus import maintenance, registry, sql
+from eventbus import maintenance, metrics, registry, sql
 from eventbus.channel import notify_channel
 from eventbus.executor import Executor
 from eventbus.notifier import Notifier
@@ -69,6 +69,7 @@ class Worker:
         self._stopping = False
         self._parent_pid = os.getppid()
         self._next_purge = time.monotonic() + options.purge_interval
+        self._last_heartbeat = 0.0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
@@ -113,6 +114,7 @@ class Worker:
                 if self._stopping:
                     break
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                metrics.reconnected()
                 log.warning(
                     "worker %s lost the database (%s); reconnecting in %.1f s",
                     self.name,
@@ -130,6 +132,7 @@ class Worker:
         """Claim and handle batches until the scope is empty or a stop is requested."""
         total = 0
         while not self._stopping:
+            self._heartbeat_if_due()  # a long drain must not look like a dead worker
             outcomes = self.executor.run_batch(self.scope, self.options.batch_size)
             if not outcomes:  # not "fewer than a batch": ordered keys release one at a time
                 break
@@ -161,7 +164,13 @@ class Worker:
             cursor.execute("SELECT pg_notify(%s, '')", [self.ping_channel])
             self._heartbeat(cursor)
 
+    def _heartbeat_if_due(self) -> None:
+        if time.monotonic() - self._last_heartbeat >= self.options.health_interval:
+            with connections[self.options.alias].cursor() as cursor:
+                self._heartbeat(cursor)
+
     def _heartbeat(self, cursor: Any) -> None:
+        self._last_heartbeat = time.monotonic()
         host, _, pid = self.name.rpartition(":")
         channels = ",".join(self.options.channels or ["*"])
         cursor.execute(sql.HEARTBEAT, [self.name, host, int(pid), channels])

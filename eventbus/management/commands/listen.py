@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from eventbus import conf
+from eventbus import conf, logs, metrics, status
 from eventbus.management.commands import _options
 from eventbus.supervisor import Supervisor
 from eventbus.worker import WorkerOptions
@@ -34,6 +34,12 @@ class Command(BaseCommand):
             help="seconds between table polls when no NOTIFY arrives "
             f"(default {settings.POLL_INTERVAL})",
         )
+        parser.add_argument(
+            "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on PORT"
+        )
+        parser.add_argument(
+            "--log-format", choices=["text", "json"], default="text", help="text or JSON lines"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         settings = conf.get()
@@ -53,7 +59,15 @@ class Command(BaseCommand):
             done_retention=settings.DONE_RETENTION,
             purge_interval=settings.PURGE_INTERVAL,
         )
+        logs.configure(options["log_format"])
         supervisor = Supervisor(options["processes"], worker_options, settings.SHUTDOWN_TIMEOUT)
+        if options["metrics_port"]:
+            metrics.enable()  # before the workers fork, so they count into shared files
+            metrics.serve(
+                options["metrics_port"],
+                supervisor.workers_alive,
+                lambda: status.backlog_direct(settings.DATABASE_ALIAS),
+            )
         code = supervisor.run()
         if code:
             raise SystemExit(code)

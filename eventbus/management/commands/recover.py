@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from eventbus import conf, recovery
 from eventbus.management.commands import _options
+from eventbus.progress import Progress
+
+PROGRESS_FROM = 500  # events: below this a replay is quick enough without progress
 
 
 class Command(BaseCommand):
@@ -58,7 +62,16 @@ class Command(BaseCommand):
             self._table("would replay", counts)
             self.stdout.write(f"total: {sum(counts.values())} (dry run: nothing changed)")
             return
-        summary = recovery.replay(scope, options["batch_size"], alias)
+        total = sum(recovery.plan(scope, alias).values())
+        progress = Progress(total, sys.stderr) if total >= PROGRESS_FROM else None
+        summary = recovery.replay(
+            scope,
+            options["batch_size"],
+            alias,
+            on_batch=(lambda outcomes: progress.advance(len(outcomes))) if progress else None,
+        )
+        if progress:
+            progress.finish()
         self._table("replayed", dict(summary.outcomes))
         self.stdout.write(
             f"total: {sum(summary.outcomes.values())}; still failed or dead: {summary.still_failed}"
