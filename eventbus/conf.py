@@ -17,7 +17,10 @@ _ENVIRONMENT: dict[str, Any] = {
     "FAULT_SEED": int,
     "RETRY": json.loads,
     "DONE_RETENTION": float,
-    "PURGE_INTERVAL": float,  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
+    "PURGE_INTERVAL": float,
+    "LISTENER_MODULES": lambda v: tuple(
+        m for m in v.split(",") if m
+    ),  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
 }
 
 

@@ -1,0 +1,29 @@
+"""Run every benchmark scenario with its default (short) size.
+
+./run bench all [--full]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCENARIOS = ("throughput", "latency", "write_cost", "memory", "email_e2e")
+
+
+def main() -> None:
+    extra = ["--full"] if "--full" in sys.argv[1:] else []
+    failed = []
+    for name in SCENARIOS:
+        args = extra if name != "email_e2e" else []
+        code = subprocess.call([sys.executable, os.path.join(HERE, f"{name}.py"), *args])
+        if code:
+            failed.append(name)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Scenarios 1 and 2: drain rate of `listen --processes P` against a plain-SQL ceiling.
+
+N bench_noop events (trivial handler) are written in batches while the listener runs;
+the rate is events per second from the first write to the last event done. The ceiling
+is the same claim-and-mark loop in plain psycopg (no Django, no handler) with P processes
+and the same batch size, measured in the same run.
+
+    ./run bench throughput [--events 100000] [--processes 1 2 4] [--batch-size 500] [--full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common
+
+CEILING_CLAIM = (
+    "SELECT id FROM eventbus_event WHERE state IN ('pending', 'failed') "
+    "AND run_after <= statement_timestamp() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+CEILING_MARK = (
+    "UPDATE eventbus_event SET state = 'done', attempts = attempts + 1, "
+    "finished_at = clock_timestamp() WHERE id = ANY(%s)"
+)
+
+
+def _ceiling_worker(url: str, batch: int) -> None:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        while True:
+            with conn.transaction():
+                ids = [r[0] for r in conn.execute(CEILING_CLAIM, [batch]).fetchall()]
+                if ids:
+                    conn.execute(CEILING_MARK, [ids])
+            if not ids:
+                return
+
+
+def ceiling(url: str, events: int, processes: int, batch: int) -> float:
+    _reset(url)
+    common.write_noop_events(url, events)
+    started = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_ceiling_worker, args=(url, batch)) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return events / (time.perf_counter() - started)
+
+
+def eventbus(url: str, events: int, processes: int, batch: int) -> float:
+    _reset(url)
+    listener = common.Listener(url, "--processes", str(processes), "--batch-size", str(batch))
+    try:
+        listener.wait_ready(processes, url)
+        started = time.perf_counter()
+        common.write_noop_events(url, events)
+        finished = common.wait_for(lambda: common.count(url) >= events, 600, 0.01)
+    finally:
+        listener.stop()
+    return events / (finished - started)
+
+
+def _reset(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE eventbus_event")
+        conn.execute("VACUUM ANALYZE eventbus_event")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--full", action="store_true", help="1,000,000 events per run")
+    args = parser.parse_args()
+    events = args.events or (1_000_000 if args.full else 100_000)
+    url = common.setup()
+    rows = []
+    for p in args.processes:
+        roof = ceiling(url, events, p, args.batch_size)
+        ours = eventbus(url, events, p, args.batch_size)
+        rows.append(
+            {
+                "processes": p,
+                "events": events,
+                "batch": args.batch_size,
+                "eventbus_per_s": round(ours),
+                "ceiling_per_s": round(roof),
+                "fraction": round(ours / roof, 2),
+            }
+        )
+    common.report(
+        "throughput",
+        ["processes", "events", "batch", "eventbus_per_s", "ceiling_per_s", "fraction"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
