@@ -24,19 +24,27 @@ def setup() -> str:
     return fresh_database(BENCH_DB)
 
 
-def write_noop_events(url: str, n: int, batch: int = 10_000) -> None:
-    """N bench_noop events in batches, each batch one statement and one wake-up."""
+def write_noop_events(url: str, n: int, batch: int = 10_000, channel: str = "bench_noop") -> None:
+    """N events of a trivial channel in batches, each batch one statement and one wake-up."""
     with psycopg.connect(url, autocommit=True) as conn:
         for start in range(0, n, batch):
             size = min(batch, n - start)
             with conn.transaction():
                 conn.execute(
                     "INSERT INTO eventbus_event (channel, operation, table_name, new) "
-                    "SELECT 'bench_noop', 'PUBLISH', '', jsonb_build_object('i', g) "
+                    "SELECT %s, 'PUBLISH', '', jsonb_build_object('i', g) "
                     "FROM generate_series(1, %s) AS g",
-                    [size],
+                    [channel, size],
                 )
-                conn.execute("SELECT pg_notify('eventbus_bench_noop', '')")
+                conn.execute("SELECT pg_notify(%s, '')", [f"eventbus_{channel}"])
+
+
+def drained(url: str) -> bool:
+    """Nothing runnable left: a cheap indexed probe, safe to poll often while measuring."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM eventbus_event WHERE state IN ('pending', 'failed'))"
+        ).fetchone()[0]
 
 
 def count(url: str, where: str = "state = 'done'") -> int:

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,40 +31,50 @@ CEILING_MARK = (
 )
 
 
-def _ceiling_worker(url: str, batch: int) -> None:
+def _ceiling_worker(url: str, batch: int, done: Any, total: int) -> None:
     import psycopg
 
     with psycopg.connect(url) as conn:
-        while True:
+        while done.value < total:
             with conn.transaction():
                 ids = [r[0] for r in conn.execute(CEILING_CLAIM, [batch]).fetchall()]
                 if ids:
                     conn.execute(CEILING_MARK, [ids])
-            if not ids:
-                return
+            if ids:
+                with done.get_lock():
+                    done.value += len(ids)
+            else:
+                time.sleep(0.001)
 
 
 def ceiling(url: str, events: int, processes: int, batch: int) -> float:
+    """The same as `eventbus`, with plain psycopg claim-and-mark loops as consumers."""
     _reset(url)
-    common.write_noop_events(url, events)
-    started = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_ceiling_worker, args=(url, batch)) for _ in range(processes)]
+    done = ctx.Value("q", 0)
+    workers = [
+        ctx.Process(target=_ceiling_worker, args=(url, batch, done, events))
+        for _ in range(processes)
+    ]
     for w in workers:
         w.start()
+    time.sleep(1.0)  # connected and polling
+    started = time.perf_counter()
+    common.write_noop_events(url, events)
     for w in workers:
         w.join()
     return events / (time.perf_counter() - started)
 
 
-def eventbus(url: str, events: int, processes: int, batch: int) -> float:
+def eventbus(url: str, events: int, processes: int, batch: int, channel: str) -> float:
+    """From the first write to the last event handled, with `listen` running."""
     _reset(url)
     listener = common.Listener(url, "--processes", str(processes), "--batch-size", str(batch))
     try:
         listener.wait_ready(processes, url)
         started = time.perf_counter()
-        common.write_noop_events(url, events)
-        finished = common.wait_for(lambda: common.count(url) >= events, 600, 0.01)
+        common.write_noop_events(url, events, channel=channel)
+        finished = common.wait_for(lambda: common.drained(url), 600, 0.01)
     finally:
         listener.stop()
     return events / (finished - started)
@@ -89,20 +100,30 @@ def main() -> None:
     rows = []
     for p in args.processes:
         roof = ceiling(url, events, p, args.batch_size)
-        ours = eventbus(url, events, p, args.batch_size)
+        shared = eventbus(url, events, p, args.batch_size, "bench_noop")
+        isolated = eventbus(url, events, p, args.batch_size, "bench_noop_isolated")
         rows.append(
             {
                 "processes": p,
                 "events": events,
                 "batch": args.batch_size,
-                "eventbus_per_s": round(ours),
                 "ceiling_per_s": round(roof),
-                "fraction": round(ours / roof, 2),
+                "eventbus_per_s": round(shared),
+                "fraction": round(shared / roof, 2),
+                "per_event_savepoints_per_s": round(isolated),
             }
         )
     common.report(
         "throughput",
-        ["processes", "events", "batch", "eventbus_per_s", "ceiling_per_s", "fraction"],
+        [
+            "processes",
+            "events",
+            "batch",
+            "ceiling_per_s",
+            "eventbus_per_s",
+            "fraction",
+            "per_event_savepoints_per_s",
+        ],
         rows,
     )
 

@@ -7,7 +7,8 @@ trigger is installed by a migration; its handler lives in ``listeners/``.
 from eventbus import DELETE, INSERT, UPDATE, Channel
 
 comment_created = Channel("comment_created", operations=[INSERT], key="post")
-post_created = Channel("post_created", operations=[INSERT], key="id")
+# Post-processing writes only to the database: a batch can share one savepoint.
+post_created = Channel("post_created", operations=[INSERT], key="id", isolation="batch")
 # An edit of the body makes the word count stale; title-only edits make no event.
 # Ordered by post: one post's edits are handled one at a time, in commit order.
 post_edited = Channel("post_edited", operations=[UPDATE], key="id", changed=["body"], ordered=True)

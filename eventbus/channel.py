@@ -72,6 +72,11 @@ class Channel:
             of the same key are serialized (a transaction-level advisory lock per key).
         retry: the backoff policy (default: settings, then ``RetryPolicy()``).
         timeout: seconds a handler may run before it is stopped (default: settings).
+        isolation: ``"event"`` (default): each handler call in its own savepoint.
+            ``"batch"``: for handlers whose effects are all in the database, a batch's
+            calls share one savepoint; if one raises, the batch is rolled back and run
+            again with a savepoint per event (safe only because the rollback undid every
+            effect: never use it for handlers that send email or call out).
     """
 
     name: str
@@ -82,6 +87,7 @@ class Channel:
     ordered: bool = False
     retry: RetryPolicy | None = None
     timeout: float | None = None
+    isolation: str = "event"
     handler: Handler | BatchHandler | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +101,8 @@ class Channel:
             raise ValueError(f"channel {self.name}: operations must be among {list(_OPERATIONS)}")
         if self.ordered and not self.key:
             raise ValueError(f"channel {self.name}: an ordered channel needs a key")
+        if self.isolation not in ("event", "batch"):
+            raise ValueError(f"channel {self.name}: isolation must be 'event' or 'batch'")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"channel {self.name}: timeout must be positive")
         if self.changed and UPDATE not in self.operations:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 PENDING = "pending"
@@ -60,6 +60,8 @@ class Event:
     def from_row(cls, row: tuple[Any, ...]) -> Event:
         """Build from a claim query row (see ``eventbus.sql.CLAIM_COLUMNS``)."""
         id_, channel, operation, table, key, old, new, created_at, attempts = row
+        if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
+            created_at = datetime.fromtimestamp(created_at, UTC)
         return cls(
             id_, channel, operation, table, key, _json(old), _json(new), created_at, attempts + 1
         )

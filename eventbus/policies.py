@@ -20,6 +20,7 @@ class ChannelPolicy:
     retry: RetryPolicy
     timeout: float | None
     ordered: bool
+    isolation: str = "event"
 
 
 def resolve(channel_name: str, settings: conf.Settings | None = None) -> ChannelPolicy:
@@ -28,7 +29,9 @@ def resolve(channel_name: str, settings: conf.Settings | None = None) -> Channel
     retry = RetryPolicy(**settings.RETRY)
     timeout = settings.HANDLER_TIMEOUT
     ordered = False
+    isolation = "event"
     if declared is not None:
+        isolation = declared.isolation
         retry = declared.retry or retry
         timeout = declared.timeout if declared.timeout is not None else timeout
         ordered = declared.ordered
@@ -39,7 +42,7 @@ def resolve(channel_name: str, settings: conf.Settings | None = None) -> Channel
     if "retry" in override:
         retry = replace(retry, **override["retry"])
     timeout = override.get("timeout", timeout)
-    return ChannelPolicy(retry, timeout, ordered)
+    return ChannelPolicy(retry, timeout, ordered, isolation)
 
 
 class Policies:

@@ -36,3 +36,22 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+@contextmanager
+def armed_timer() -> Iterator[None]:
+    """For a loop of handler calls: `rearm()` before each, disarmed once at the end."""
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGALRM) is not _raise_alarm:
+        signal.signal(signal.SIGALRM, _raise_alarm)
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def rearm(seconds: float | None) -> None:
+    """Start the clock for the next handler call (one system call; 0 disarms)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, seconds or 0)
