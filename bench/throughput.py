@@ -25,6 +25,7 @@ CEILING_CLAIM = (
     "SELECT id FROM eventbus_event WHERE state IN ('pending', 'failed') "
     "AND run_after <= statement_timestamp() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
 )
+PIN_PLAN = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off"
 CEILING_MARK = (
     "UPDATE eventbus_event SET state = 'done', attempts = attempts + 1, "
     "finished_at = clock_timestamp() WHERE id = ANY(%s)"
@@ -37,6 +38,7 @@ def _ceiling_worker(url: str, batch: int, done: Any, total: int) -> None:
     with psycopg.connect(url) as conn:
         while done.value < total:
             with conn.transaction():
+                conn.execute(PIN_PLAN)  # the same plan pinning as eventbus: a fair ceiling
                 ids = [r[0] for r in conn.execute(CEILING_CLAIM, [batch]).fetchall()]
                 if ids:
                     conn.execute(CEILING_MARK, [ids])

@@ -71,8 +71,11 @@ class Executor:
         connection = connections[self.alias]
         with transaction.atomic(using=self.alias):
             with connection.cursor() as cursor:
+                cursor.execute(sql.PIN_CLAIM_PLAN)
                 cursor.execute(*sql.claim(scope, limit))
-                events = [Event.from_row(row) for row in cursor.fetchall()]
+                rows = cursor.fetchall()
+                cursor.execute(sql.UNPIN_CLAIM_PLAN)
+                events = [Event.from_row(row) for row in rows]
             outcomes = self._handle_all(events)
             self._run_dead_hooks(events, outcomes)
             self._mark(outcomes)
