@@ -152,7 +152,13 @@ class Channel:
 
         with connections[using].cursor() as cursor:
             cursor.execute(
-                *queries.publish(self.name, payload, None if key is None else str(key), self.notify)
+                *queries.publish(
+                    self.name,
+                    payload,
+                    None if key is None else str(key),
+                    self.notify,
+                    self.ordered,
+                )
             )
             return int(cursor.fetchone()[0])
 
@@ -226,10 +232,12 @@ def render_trigger_body(channel: Channel, operation: str, model: type[models.Mod
         if channel.notify
         else ""
     )
+    # Ordered channels flag their events, which puts them in the per-key index.
+    columns, flag = (", ordered", ", TRUE") if channel.ordered else ("", "")
     return (
         f"{lock}"
-        f"INSERT INTO {EVENT_TABLE} (channel, operation, table_name, key, old, new) "
-        f"SELECT '{channel.name}', TG_OP, TG_TABLE_NAME, {key}, {old}, {new} "
+        f"INSERT INTO {EVENT_TABLE} (channel, operation, table_name, key, old, new{columns}) "
+        f"SELECT '{channel.name}', TG_OP, TG_TABLE_NAME, {key}, {old}, {new}{flag} "
         f"FROM {source} {where}; "
         f"{wake} RETURN NULL;"
     )

@@ -22,6 +22,7 @@ class EventRecord(models.Model):
     operation = models.CharField(max_length=8)
     table_name = models.CharField(max_length=63)
     key = models.TextField(null=True, blank=True)
+    ordered = models.BooleanField(default=False, db_default=False)  # of an ordered channel
     old = models.JSONField(null=True, blank=True)
     new = models.JSONField(null=True, blank=True)
     state = models.CharField(
@@ -47,11 +48,12 @@ class EventRecord(models.Model):
                 name="eventbus_event_runnable",
                 condition=models.Q(state__in=RUNNABLE),
             ),
-            # Ordered channels: "is an older event of this key still runnable?"
+            # Ordered channels: "is an older event of this key still runnable?" Only their
+            # events are flagged, so other channels' inserts skip this index entirely.
             models.Index(
                 fields=["channel", "key", "id"],
                 name="eventbus_event_key_runnable",
-                condition=models.Q(state__in=RUNNABLE),
+                condition=models.Q(state__in=RUNNABLE, ordered=True),
             ),
             # Purging history by age.
             models.Index(

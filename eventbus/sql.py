@@ -121,7 +121,8 @@ def _where(scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
         parts.append(
             sql.SQL(
                 "(e.channel <> ALL(%(ordered)s) OR NOT EXISTS (SELECT 1 FROM {table} AS o "
-                "WHERE o.channel = e.channel AND o.key = e.key AND o.id < e.id AND {runnable}))"
+                "WHERE o.ordered AND o.channel = e.channel AND o.key = e.key AND o.id < e.id "
+                "AND {runnable}))"
             ).format(table=TABLE, runnable=_in("o.state", RUNNABLE))
         )
         params["ordered"] = list(scope.ordered_channels)
@@ -246,15 +247,15 @@ def discard(ids: Sequence[int], reason: str) -> tuple[sql.Composed, dict[str, An
 
 
 def publish(
-    channel: str, payload: dict[str, Any], key: str | None, notify: bool
+    channel: str, payload: dict[str, Any], key: str | None, notify: bool, ordered: bool = False
 ) -> tuple[sql.Composed, list[Any]]:
     """Insert one published event (and its wake-up) in the caller's transaction."""
     query = sql.SQL(
-        "WITH e AS (INSERT INTO {table} (channel, operation, table_name, key, new) "
-        "VALUES (%s, 'PUBLISH', '', %s, %s::jsonb) RETURNING id) "
+        "WITH e AS (INSERT INTO {table} (channel, operation, table_name, key, new, ordered) "
+        "VALUES (%s, 'PUBLISH', '', %s, %s::jsonb, %s) RETURNING id) "
         "SELECT e.id, CASE WHEN %s THEN pg_notify('eventbus_' || %s, '') END FROM e"
     ).format(table=TABLE)
-    return query, [channel, key, json.dumps(payload), notify, channel]
+    return query, [channel, key, json.dumps(payload), ordered, notify, channel]
 
 
 HEALTH = sql.SQL(

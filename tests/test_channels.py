@@ -65,6 +65,8 @@ def test_queryset_update_makes_an_event_only_when_the_body_changes(post: Post) -
     }
     assert events_after(lambda: Post.objects.filter(pk=post.pk).update(title="renamed")) == {}
     event = EventRecord.objects.filter(channel="post_edited").get()
+    assert event.ordered, "an ordered channel's events are flagged for the per-key index"
+    assert not EventRecord.objects.get(channel="post_created").ordered
     assert event.old["body"] == "the analytical engine weaves"
     assert event.new["body"] == "new words"
     assert event.key == str(post.pk)
