@@ -57,24 +57,8 @@ class EventAdmin(admin.ModelAdmin):
         ("Payload", {"fields": ("old_row", "new_row")}),
         ("Errors", {"fields": ("last_error_text", "error_history")}),
     )
-    readonly_fields = (
-        "id",
-        "channel",
-        "operation",
-        "table_name",
-        "key",
-        "state",
-        "attempts",
-        "worker",
-        "created_at",
-        "first_claimed_at",
-        "finished_at",
-        "run_after",
-        "old_row",
-        "new_row",
-        "last_error_text",
-        "error_history",
-    )
+    # Everything shown is read-only: events are written by triggers and the engine.
+    readonly_fields = tuple(name for _, group in fieldsets for name in group["fields"])
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # events are written by triggers, not by hand
