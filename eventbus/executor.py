@@ -119,8 +119,7 @@ class Executor:
         try:
             with transaction.atomic(using=self.alias), armed_timer():
                 for event in events:
-                    if faults.injected(self.fault_seed, self.fault_rate, event.id, event.attempt):
-                        raise faults.InjectedFault(f"fault injected into attempt {event.attempt}")
+                    self._inject_fault(event)
                     handler = registry.handler_for(event.channel).handler
                     rearm(self.policies[event.channel].timeout)
                     started = time.perf_counter()
@@ -179,8 +178,7 @@ class Executor:
         try:
             with transaction.atomic(using=self.alias), time_limit(timeout):
                 for event in events if inject else ():
-                    if faults.injected(self.fault_seed, self.fault_rate, event.id, event.attempt):
-                        raise faults.InjectedFault(f"fault injected into attempt {event.attempt}")
+                    self._inject_fault(event)
                 call()
                 if probe:
                     raise _ProbeSucceeded
@@ -192,6 +190,11 @@ class Executor:
         except Exception as exc:
             return exc, time.perf_counter() - started
         return None, time.perf_counter() - started
+
+    def _inject_fault(self, event: Event) -> None:
+        """EVENTBUS_FAULT_RATE: fail this attempt on purpose, before its handler runs."""
+        if faults.injected(self.fault_seed, self.fault_rate, event.id, event.attempt):
+            raise faults.InjectedFault(f"fault injected into attempt {event.attempt}")
 
     def _outcome(self, event: Event, error: Exception | None, seconds: float) -> Outcome:
         policy = self.policies[event.channel].retry

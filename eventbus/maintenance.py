@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from django.db import connections, transaction
@@ -24,11 +25,7 @@ def requeue(scope: sql.Scope, alias: str = "default") -> list[tuple[int, str]]:
     if not states:
         return []
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-        cursor.execute(
-            *sql.requeue(
-                sql.Scope(states=states, channels=scope.channels, ids=scope.ids, since=scope.since)
-            )
-        )
+        cursor.execute(*sql.requeue(replace(scope, states=states)))
         rows = [(int(i), str(c)) for i, c in cursor.fetchall()]
         if rows:
             cursor.execute(*sql.notify_channels([c for _, c in rows]))

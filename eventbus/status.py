@@ -59,11 +59,14 @@ def backlog(alias: str = "default") -> dict[str, tuple[int, float]]:
     """Runnable events per channel: (count, seconds the oldest due one has waited)."""
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.BACKLOG)
-        return {channel: (int(n), float(age or 0)) for channel, n, age in cursor.fetchall()}
+        return _backlog_rows(cursor.fetchall())
 
 
 def backlog_direct(alias: str = "default") -> dict[str, tuple[int, float]]:
     """As `backlog`, on a short-lived connection of its own (safe from any thread)."""
     with psycopg.connect(connect_timeout=3, **connection_params(connections[alias])) as conn:
-        rows = conn.execute(sql.BACKLOG).fetchall()
+        return _backlog_rows(conn.execute(sql.BACKLOG).fetchall())
+
+
+def _backlog_rows(rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, float]]:
     return {channel: (int(n), float(age or 0)) for channel, n, age in rows}
