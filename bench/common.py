@@ -32,7 +32,7 @@ def write_noop_events(url: str, n: int, batch: int = 10_000, channel: str = "ben
             with conn.transaction():
                 conn.execute(
                     "INSERT INTO eventbus_event (channel, operation, table_name, new) "
-                    "SELECT %s, 'PUBLISH', '', jsonb_build_object('i', g) "
+                    "SELECT %s, 'PUBLISH', '', json_build_object('i', g) "
                     "FROM generate_series(1, %s) AS g",
                     [channel, size],
                 )

@@ -206,8 +206,8 @@ def render_trigger_body(channel: Channel, operation: str, model: type[models.Mod
     """PL/pgSQL of the trigger: insert the statement's rows as events, then one wake-up."""
     row = "o" if operation == DELETE else "n"
     key = f"({row}.{_column(model, channel.key)})::text" if channel.key else "NULL"
-    old = "to_jsonb(o)" if operation in (UPDATE, DELETE) else "NULL"
-    new = "to_jsonb(n)" if operation in (INSERT, UPDATE) else "NULL"
+    old = "to_json(o)" if operation in (UPDATE, DELETE) else "NULL"
+    new = "to_json(n)" if operation in (INSERT, UPDATE) else "NULL"
     if operation == INSERT:
         source = "eventbus_new n"
     elif operation == DELETE:

@@ -252,7 +252,7 @@ def publish(
     """Insert one published event (and its wake-up) in the caller's transaction."""
     query = sql.SQL(
         "WITH e AS (INSERT INTO {table} (channel, operation, table_name, key, new, ordered) "
-        "VALUES (%s, 'PUBLISH', '', %s, %s::jsonb, %s) RETURNING id) "
+        "VALUES (%s, 'PUBLISH', '', %s, %s::json, %s) RETURNING id) "
         "SELECT e.id, CASE WHEN %s THEN pg_notify('eventbus_' || %s, '') END FROM e"
     ).format(table=TABLE)
     return query, [channel, key, json.dumps(payload), ordered, notify, channel]
