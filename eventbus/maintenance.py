@@ -38,10 +38,14 @@ def purge(
     batch_size: int = 1000,
     max_batches: int | None = None,
     alias: str = "default",
+    lock: int | None = None,
 ) -> int:
     """Delete finished events in batches of `batch_size`, each in its own short transaction.
 
     Only done and dead events can be purged: pending and failed ones are work not yet done.
+    With `lock`, each batch first takes that transaction-level advisory lock and the purge
+    stops when another session holds it (transaction-level, so it also works through a
+    transaction-pooling PgBouncer, where a session lock could stay on a pooled connection).
     """
     refused = set(states) - set(PURGEABLE)
     if refused:
@@ -49,6 +53,10 @@ def purge(
     total, batches = 0, 0
     while max_batches is None or batches < max_batches:
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            if lock is not None:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock])
+                if not cursor.fetchone()[0]:
+                    break
             cursor.execute(*sql.purge_batch(states, finished_before, batch_size))
             deleted = cursor.rowcount
         total += deleted
@@ -64,18 +72,11 @@ PURGE_LOCK = 0x65766275  # one purger at a time across all listeners ("evbu")
 def purge_expired(retention_seconds: float, alias: str = "default", max_batches: int = 20) -> int:
     """The listener's background purge of done events older than the retention.
 
-    Whichever worker gets the advisory lock purges; the others skip this round. Bounded
+    Whichever worker gets the advisory lock purges a batch; the others skip it. Bounded
     per round, so a large backlog of history is worked off over several rounds.
     """
-    with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [PURGE_LOCK])
-        if not cursor.fetchone()[0]:
-            return 0
-        try:
-            before = timezone.now() - timedelta(seconds=retention_seconds)
-            return purge((DONE,), before, max_batches=max_batches, alias=alias)
-        finally:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [PURGE_LOCK])
+    before = timezone.now() - timedelta(seconds=retention_seconds)
+    return purge((DONE,), before, max_batches=max_batches, alias=alias, lock=PURGE_LOCK)
 
 
 def discard(ids: list[int], reason: str, alias: str = "default") -> list[int]:
