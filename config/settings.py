@@ -64,6 +64,13 @@ if not os.environ.get("DATABASE_URL"):
 
 DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
 
+# A read replica, when REPLICA_DATABASE_URL names one: the site reads from it. The
+# listener's handlers still read and write the primary, in the claiming transaction:
+# eventbus.routing.PrimaryForHandlers comes first and decides while a handler runs.
+if os.environ.get("REPLICA_DATABASE_URL"):
+    DATABASES["replica"] = dj_database_url.parse(os.environ["REPLICA_DATABASE_URL"], conn_max_age=0)
+    DATABASE_ROUTERS = ["eventbus.routing.PrimaryForHandlers", "config.routers.ReadReplica"]
+
 # The site's migrations (models and channel triggers) live in the top-level migrations/.
 MIGRATION_MODULES = {"blog": "migrations"}
 

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from django.db import connections, transaction
 
-from eventbus import conf, faults, metrics, registry, sql
+from eventbus import conf, faults, metrics, registry, routing, sql
 from eventbus.errors import HandlerTimeout
 from eventbus.event import DEAD, DONE, FAILED, Event
 from eventbus.policies import Policies
@@ -69,7 +69,7 @@ class Executor:
     def run_batch(self, scope: sql.Scope, limit: int) -> list[Outcome]:
         """Claim up to `limit` events of `scope`, handle them, commit. Returns the outcomes."""
         connection = connections[self.alias]
-        with transaction.atomic(using=self.alias):
+        with routing.pinned(self.alias), transaction.atomic(using=self.alias):
             with connection.cursor() as cursor:
                 cursor.execute(sql.PIN_CLAIM_PLAN)
                 cursor.execute(*sql.claim(scope, limit))

@@ -11,8 +11,6 @@ from blog.models import Post
 from eventbus import Event, RowGone
 from listeners import mail
 
-PRIMARY = "default"  # handlers read the primary: a replica may not have the row yet
-
 
 def message_id(event: Event) -> str:
     """The same on every attempt for the same event, so receivers can drop a duplicate."""
@@ -25,8 +23,7 @@ def email_post_author(event: Event) -> None:
     comment_id, post_id, author_id, body = event.require("id", "post_id", "author_id", "body")
     commenter = get_user_model().objects.filter(pk=author_id)
     post = (
-        Post.objects.using(PRIMARY)
-        .select_related("author")
+        Post.objects.select_related("author")
         .annotate(commenter_name=Subquery(commenter.values("username")[:1]))
         .filter(pk=post_id)
         .first()

@@ -15,8 +15,6 @@ import channels
 from blog.models import Category, Tag
 from eventbus import DELETE, INSERT, Event
 
-PRIMARY = "default"
-
 
 def net_deltas(events: list[Event], column: str) -> Counter[int]:
     deltas: Counter[int] = Counter()
@@ -27,7 +25,7 @@ def net_deltas(events: list[Event], column: str) -> Counter[int]:
 
 
 def _apply(model: type[Model], deltas: Counter[int]) -> None:
-    manager = model._default_manager.using(PRIMARY)
+    manager = model._default_manager
     for pk in sorted(deltas):
         if deltas[pk]:
             # A tag deleted since simply has no count to keep: zero rows updated is correct.
