@@ -1,0 +1,16 @@
+-- A least-privilege eventbus listener role, made by:
+--   ./manage.py eventbus_role eventbus_listener --read auth.User --update blog.Post blog.Tag blog.Category
+-- Run as the tables' owner; then: ALTER ROLE "eventbus_listener" PASSWORD '…';
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventbus_listener') THEN
+    CREATE ROLE "eventbus_listener" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+  END IF;
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'eventbus_listener');
+END $$;
+GRANT USAGE ON SCHEMA "public" TO "eventbus_listener";
+-- claim, mark, publish and purge events; heartbeats
+GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."eventbus_event", "public"."eventbus_worker" TO "eventbus_listener";
+-- what the handlers read
+GRANT SELECT ON TABLE "public"."auth_user" TO "eventbus_listener";
+-- what the handlers update
+GRANT SELECT, UPDATE ON TABLE "public"."blog_post", "public"."blog_tag", "public"."blog_category" TO "eventbus_listener";

@@ -1,0 +1,84 @@
+"""The SQL for a least-privilege listener role: the event tables, and what handlers touch.
+
+A listener needs to claim, mark, publish and purge events (the event table), send
+heartbeats (the worker table), and whatever its handlers read or write. Nothing else: no
+DDL, no tables beyond those named, no ownership. Triggers run with the writer's rights, so
+a handler that updates a table with a channel trigger also needs INSERT on the event
+table, which the role has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.apps import apps
+from psycopg import sql
+
+from eventbus.models import EventRecord, WorkerRecord
+
+READ = ("SELECT",)
+UPDATE = ("SELECT", "UPDATE")
+WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+def tables(labels: Sequence[str]) -> list[str]:
+    """Table names of models given as ``app_label.Model`` (name M2M through models too)."""
+    names: list[str] = []
+    for label in labels:
+        try:
+            names.append(apps.get_model(label)._meta.db_table)
+        except (LookupError, ValueError) as exc:
+            raise ValueError(f"unknown model {label!r} (expected app_label.Model)") from exc
+    return list(dict.fromkeys(names))
+
+
+def listener_role(
+    role: str,
+    read: Sequence[str] = (),
+    update: Sequence[str] = (),
+    write: Sequence[str] = (),
+    schema: str = "public",
+) -> str:
+    """The SQL, idempotent, to run as the tables' owner in the application database."""
+    r = sql.Identifier(role)
+
+    def grant(privileges: Sequence[str], names: Sequence[str]) -> sql.Composed:
+        return sql.SQL("GRANT {} ON TABLE {} TO {};").format(
+            sql.SQL(", ").join(sql.SQL(p) for p in privileges),
+            sql.SQL(", ").join(sql.Identifier(schema, n) for n in names),
+            r,
+        )
+
+    command = " ".join(
+        ["./manage.py eventbus_role", role]
+        + [
+            f"--{name} {' '.join(labels)}"
+            for name, labels in (("read", read), ("update", update), ("write", write))
+            if labels
+        ]
+        + ([f"--schema {schema}"] if schema != "public" else [])
+    )
+    statements: list[sql.Composable] = [
+        sql.SQL("-- A least-privilege eventbus listener role, made by:"),
+        sql.SQL("--   " + command),
+        sql.SQL("-- Run as the tables' owner; then: ALTER ROLE {} PASSWORD '…';").format(r),
+        sql.SQL(
+            "DO $$ BEGIN\n"
+            "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {name}) THEN\n"
+            "    CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;\n"
+            "  END IF;\n"
+            "  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), {name});\n"
+            "END $$;"
+        ).format(name=sql.Literal(role), role=r),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {};").format(sql.Identifier(schema), r),
+        sql.SQL("-- claim, mark, publish and purge events; heartbeats"),
+        grant(WRITE, [EventRecord._meta.db_table, WorkerRecord._meta.db_table]),
+    ]
+    for comment, privileges, labels in (
+        ("what the handlers read", READ, read),
+        ("what the handlers update", UPDATE, update),
+        ("what the handlers write", WRITE, write),
+    ):
+        if labels:
+            statements += [sql.SQL("-- " + comment), grant(privileges, tables(labels))]
+    return "\n".join(s.as_string(None) for s in statements) + "\n"
