@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,9 +29,10 @@ def start_listener(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
         smtp: SMTPServer | None = None,
         workers: int | None = None,
         env_extra: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> Listener:
         env = manage_env(smtp, **(env_extra or {}))
-        listener = Listener(tmp_path / f"listen-{len(started)}.log", *args, env=env)
+        listener = Listener(tmp_path / f"listen-{len(started)}.log", *args, env=env, prefix=prefix)
         started.append(listener)
         if workers:
             listener.wait_started(workers)

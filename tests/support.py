@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -131,11 +131,13 @@ class Listener:
         *args: str,
         smtp: SMTPServer | None = None,
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """`prefix` runs the listener inside another command (a new network namespace)."""
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "listen", *args],
+            [*prefix, sys.executable, "manage.py", "listen", *args],
             cwd=ROOT,
             env=env or manage_env(smtp),
             stdout=self._log,

@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -111,6 +112,9 @@ def test_the_health_command_reports_listener_and_backlog(
     assert up.returncode == 0, up.stderr
     assert up.stdout.startswith("ok: 2 worker(s) alive on any host")
     assert health("--host", "elsewhere").returncode == 1
+    own = health("--this-host", "--skip-backlog")  # a container's probe names its own host
+    assert own.returncode == 0, own.stderr
+    assert f"alive on {socket.gethostname()}" in own.stdout
 
     EventRecord.objects.create(
         channel="comment_created",

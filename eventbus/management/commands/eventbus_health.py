@@ -6,6 +6,7 @@ HEALTH_INTERVAL seconds, also while draining) and no due event has waited too lo
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -30,7 +31,13 @@ class Command(BaseCommand):
             default=300.0,
             help="seconds the oldest due event may wait (default 300)",
         )
-        parser.add_argument("--host", help="only workers on this host (a pod's own check)")
+        scope = parser.add_mutually_exclusive_group()
+        scope.add_argument("--host", help="only workers on this host")
+        scope.add_argument(
+            "--this-host",
+            action="store_true",
+            help="only workers on the host running the check (a pod's or container's probe)",
+        )
         parser.add_argument(
             "--skip-backlog", action="store_true", help="liveness only: ignore the backlog"
         )
@@ -43,6 +50,8 @@ class Command(BaseCommand):
 
     def evaluate(self, options: dict[str, Any]) -> tuple[bool, str]:
         alias = conf.get().DATABASE_ALIAS
+        if options.get("this_host"):
+            options = {**options, "host": socket.gethostname()}  # as workers name themselves
         where = f"on {options['host']}" if options["host"] else "on any host"
         try:
             with connections[alias].cursor() as cursor:

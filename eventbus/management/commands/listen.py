@@ -17,7 +17,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         settings = conf.get()
-        parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=settings.PROCESSES,
+            help=f"worker processes (default {settings.PROCESSES}; EVENTBUS_PROCESSES)",
+        )
         parser.add_argument(
             "--channels", nargs="+", metavar="NAME", help="channels to handle (default: all)"
         )
