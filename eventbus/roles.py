@@ -9,6 +9,7 @@ table, which the role has.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from django.apps import apps
@@ -16,6 +17,7 @@ from psycopg import sql
 
 from eventbus.models import EventRecord, WorkerRecord
 
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 READ = ("SELECT",)
 UPDATE = ("SELECT", "UPDATE")
 WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
@@ -40,6 +42,9 @@ def listener_role(
     schema: str = "public",
 ) -> str:
     """The SQL, idempotent, to run as the tables' owner in the application database."""
+    for what, name in (("role", role), ("schema", schema)):
+        if not NAME.match(name):
+            raise ValueError(f"{what} {name!r} is not a plain identifier")
     r = sql.Identifier(role)
 
     def grant(privileges: Sequence[str], names: Sequence[str]) -> sql.Composed:

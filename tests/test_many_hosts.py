@@ -8,6 +8,7 @@ process groups with separate connections, and the shares are told apart by proce
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from collections import Counter
@@ -30,6 +31,7 @@ PER_TRANSACTION = 20
 CHANNELS = ("post_created", "post_tags_changed")
 
 
+@functools.cache
 def namespaces_work() -> bool:
     try:
         return subprocess.run(["unshare", "--net", "--uts", "true"], timeout=10).returncode == 0

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
-from psycopg import errors
+from psycopg import errors, sql
 
 from blog.models import Comment, Post, PostTag, Tag
 from eventbus import roles
@@ -41,7 +41,7 @@ def listener_role() -> Iterator[str]:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [ROLE]
         )
-        cursor.execute(f'DROP OWNED BY "{ROLE}"; DROP ROLE "{ROLE}"')
+        cursor.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(ROLE)))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -119,6 +119,8 @@ def test_deploy_holds_the_reference_sites_role_as_the_command_prints_it(
     assert (ROOT / "deploy" / "listener-role.sql").read_text() == capsys.readouterr().out
 
 
-def test_an_unknown_model_is_a_clear_error() -> None:
+def test_an_unknown_model_or_an_odd_role_name_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'blog\.Nope'"):
         roles.listener_role(ROLE, read=["blog.Nope"])
+    with pytest.raises(ValueError, match="not a plain identifier"):
+        roles.listener_role("listener;\nDROP TABLE blog_post")
