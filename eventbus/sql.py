@@ -263,3 +263,9 @@ HEALTH = sql.SQL(
     "WHERE last_seen > now() - make_interval(secs => %(silence)s) "
     "AND (%(host)s::text IS NULL OR host = %(host)s)"
 ).format(workers=WORKERS)
+
+
+MISSING_TABLES = (
+    "SELECT t FROM unnest(ARRAY['eventbus_event', 'eventbus_worker']) AS t "
+    "WHERE to_regclass(t) IS NULL"
+)  # what a listener needs that migrations have not created yet

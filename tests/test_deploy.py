@@ -92,6 +92,94 @@ def test_the_image_copies_files_that_exist_and_installs_an_extra_that_exists() -
         assert extra in extras
 
 
+def image_tree(root: Path) -> Path:
+    """The image's /app, as the Dockerfile's COPY lines fill it, readable by anyone."""
+    for op, rest in dockerfile():
+        if op == "COPY":
+            *sources, target = shlex.split(rest)
+            for source in sources:
+                destination = root / (target if target not in ("./", ".") else source)
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, destination, dirs_exist_ok=True)
+                else:
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, destination)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def image_environment() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for op, rest in dockerfile():
+        if op == "ENV":
+            env.update(pair.split("=", 1) for pair in shlex.split(rest))
+    return env
+
+
+AS_NOBODY = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged user needs root")
+def test_the_images_files_run_the_listener_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """What no container engine here can show: the image's files alone, its environment
+    and its entrypoint, run as user nobody, handle an event and stop cleanly. Only the
+    interpreter and dependencies come from this checkout (under /root, so nobody is
+    given the right to read, not write, any file)."""
+    from django.contrib.auth.models import User
+
+    from blog.models import Post
+    from eventbus.models import EventRecord
+    from tests.support import database_url, wait_until
+
+    app = image_tree(tmp_path / "app")
+    env = {
+        **image_environment(),
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": database_url(),
+        "EVENTBUS_LISTENER_MODULES": os.environ.get("EVENTBUS_LISTENER_MODULES", ""),
+    }
+    entrypoint = image_entrypoint()
+    process = subprocess.Popen(
+        [*AS_NOBODY, sys.executable, *entrypoint[1:]],
+        cwd=app,
+        env={k: v for k, v in env.items() if v},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        author = User.objects.create_user("image")
+        post = Post.objects.create(
+            title="from the image", body="four words right here", author=author
+        )
+        wait_until(
+            lambda: (
+                EventRecord.objects.filter(channel="post_created", state="done").exists()
+                or process.poll() is not None
+            ),
+            what="the image's listener to handle the post",
+        )
+        assert process.poll() is None, process.communicate()[0]
+        post.refresh_from_db()
+        assert post.word_count == 4
+        worker = EventRecord.objects.get(channel="post_created").worker
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output
+    assert f"worker {worker} stopped" in output
+    assert int(image_environment()["EVENTBUS_PROCESSES"]) == output.count(" started (channels")
+
+
 def test_the_dockerfiles_usage_is_the_readmes() -> None:
     usage = [
         line.lstrip("# ").strip()

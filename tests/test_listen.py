@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pgtrigger
+import psycopg
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection, transaction
+from psycopg import sql
 
 from blog.models import Comment, Post, PostTag, Tag
 from eventbus.models import EventRecord
-from tests.support import Listener, SMTPServer, wait_until
+from tests.support import ROOT, Listener, SMTPServer, database_url, manage_env, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -238,3 +243,33 @@ def _is_running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_listener_started_before_migrations_says_to_migrate() -> None:
+    """A listener started before migrations (a pod before its migration Job) refuses to
+    start with the remedy, instead of workers crashing on a missing table in a loop."""
+    name = f"{connection.settings_dict['NAME']}_unmigrated"
+    server = urlunsplit(urlsplit(database_url())._replace(path="/postgres"))
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        empty = urlunsplit(urlsplit(database_url())._replace(path=f"/{name}"))
+        result = subprocess.run(
+            [sys.executable, "manage.py", "listen"],
+            cwd=ROOT,
+            env=manage_env(DATABASE_URL=empty),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    assert result.returncode == 1
+    assert (
+        f"database '{name}' lacks the tables eventbus_event, eventbus_worker: "
+        "run ./manage.py migrate before starting listeners"
+    ) in result.stderr

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import OperationalError, connections
 
-from eventbus import conf, logs, metrics, status
+from eventbus import conf, logs, metrics, sql, status
 from eventbus.management.commands import _options
 from eventbus.supervisor import Supervisor
 from eventbus.worker import WorkerOptions
@@ -65,6 +66,7 @@ class Command(BaseCommand):
             purge_interval=settings.PURGE_INTERVAL,
         )
         logs.configure(options["log_format"])
+        _require_migrated(settings.DATABASE_ALIAS)
         supervisor = Supervisor(options["processes"], worker_options, settings.SHUTDOWN_TIMEOUT)
         if options["metrics_port"]:
             metrics.enable()  # before the workers fork, so they count into shared files
@@ -76,3 +78,24 @@ class Command(BaseCommand):
         code = supervisor.run()
         if code:
             raise SystemExit(code)
+
+
+def _require_migrated(alias: str) -> None:
+    """Refuse to start on a database without the eventbus tables, with the remedy.
+
+    An unreachable database is no reason to refuse: workers wait for it with backoff.
+    """
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql.MISSING_TABLES)
+            missing = [row[0] for row in cursor.fetchall()]
+    except OperationalError:
+        return
+    finally:
+        connections[alias].close()  # not inherited by the forked workers
+    if missing:
+        name = connections[alias].settings_dict["NAME"]
+        raise CommandError(
+            f"database {name!r} lacks the tables {', '.join(missing)}: "
+            "run ./manage.py migrate before starting listeners"
+        )
