@@ -29,7 +29,7 @@ class Command(BaseCommand):
                 nargs="+",
                 default=[],
                 metavar="APP.MODEL",
-                help=f"models handlers need {what} on (with their auto-created M2M tables)",
+                help=f"models handlers need {what} on (name M2M through models too)",
             )
         parser.add_argument("--schema", default="public")
 
