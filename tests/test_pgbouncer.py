@@ -41,12 +41,14 @@ def pgbouncer() -> Iterator[str]:
     user = settings["USER"] or "root"
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="eventbus-pgbouncer-"))
-    directory.chmod(0o777)  # pgbouncer drops root for the 'postgres' user
+    directory.chmod(0o777)  # pgbouncer drops root for another user
+    # The server: by TCP, or by the socket directory the test database uses (embedded).
+    host = settings["HOST"] or (settings.get("OPTIONS") or {}).get("host") or "127.0.0.1"
     (directory / "users.txt").write_text(f'"{user}" ""\n')
     config = directory / "pgbouncer.ini"
     config.write_text(
         "[databases]\n"
-        f"* = host={settings['HOST'] or '127.0.0.1'} port={settings['PORT'] or 5432}\n"
+        f"* = host={host} port={settings['PORT'] or 5432}\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {directory / 'users.txt'}\n"
@@ -57,9 +59,10 @@ def pgbouncer() -> Iterator[str]:
         path.chmod(path.stat().st_mode | stat.S_IROTH | stat.S_IWOTH)
     command = [PGBOUNCER, str(config)]
     if os.geteuid() == 0:
-        command[1:1] = ["-u", "postgres"]  # it refuses to run as root
+        # It refuses to run as root: run as the socket directory's owner, else 'postgres'.
+        command[1:1] = ["-u", Path(host).owner() if host.startswith("/") else "postgres"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = urlunsplit(urlsplit(database_url())._replace(netloc=f"{user}@127.0.0.1:{port}"))
+    url = urlunsplit(urlsplit(database_url())._replace(netloc=f"{user}@127.0.0.1:{port}", query=""))
 
     def answers() -> bool:
         try:
