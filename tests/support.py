@@ -109,13 +109,21 @@ def manage_env(smtp: SMTPServer | None = None, **extra: str) -> dict[str, str]:
 
 
 def manage(
-    *args: str, smtp: SMTPServer | None = None, timeout: float = 120
+    *args: str,
+    smtp: SMTPServer | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ./manage.py ARGS as a real process against the test database."""
+    """Run ./manage.py ARGS as a real process against the test database.
+
+    `env` adds or overrides variables (another DATABASE_URL); `prefix` runs it inside
+    another command (a network namespace).
+    """
     return subprocess.run(
-        [sys.executable, "manage.py", *args],
+        [*prefix, sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env=manage_env(smtp),
+        env=manage_env(smtp, **(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from psycopg import sql
 
 from blog.models import Comment, Post, PostTag, Tag
 from eventbus.models import EventRecord
-from tests.support import ROOT, Listener, SMTPServer, database_url, manage_env, wait_until
+from tests.support import Listener, SMTPServer, database_url, manage, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -255,14 +253,7 @@ def test_a_listener_started_before_migrations_says_to_migrate() -> None:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         empty = urlunsplit(urlsplit(database_url())._replace(path=f"/{name}"))
-        result = subprocess.run(
-            [sys.executable, "manage.py", "listen"],
-            cwd=ROOT,
-            env=manage_env(DATABASE_URL=empty),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = manage("listen", env={"DATABASE_URL": empty}, timeout=60)
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(

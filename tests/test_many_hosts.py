@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable
 from urllib.parse import quote
@@ -21,7 +20,7 @@ from django.db import connection, transaction
 
 from blog.models import Post, PostTag, Tag
 from eventbus.models import EventRecord
-from tests.support import ROOT, Listener, manage_env, wait_until
+from tests.support import Listener, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -104,19 +103,12 @@ def test_listeners_on_two_hosts_share_the_events_and_handle_each_once(
         by_host = Counter(w.rpartition(":")[0] for w in workers)
         assert set(by_host) == set(HOSTS), by_host
         # Each host's own probe sees its own two workers, as a pod's would.
-        probe = subprocess.run(
-            [
-                *on_host("host-a"),
-                sys.executable,
-                "manage.py",
-                "eventbus_health",
-                "--this-host",
-                "--skip-backlog",
-            ],
-            cwd=ROOT,
-            env=manage_env(DATABASE_URL=url),
-            capture_output=True,
-            text=True,
+        probe = manage(
+            "eventbus_health",
+            "--this-host",
+            "--skip-backlog",
+            env={"DATABASE_URL": url},
+            prefix=on_host("host-a"),
             timeout=60,
         )
         assert probe.returncode == 0, probe.stderr

@@ -8,8 +8,6 @@ without the new comment's author. The reference site reads from it when
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,7 +21,7 @@ from psycopg import sql
 
 from blog.models import Comment, Post
 from eventbus import routing
-from tests.support import ROOT, Listener, SMTPServer, database_url, manage_env, wait_until
+from tests.support import Listener, SMTPServer, database_url, manage, wait_until
 
 
 @pytest.fixture
@@ -69,14 +67,8 @@ def test_handlers_read_the_primary_while_the_site_reads_a_stale_replica(
 
     # The site, configured with the replica, reads the stale copy: the router is live.
     shell = "from blog.models import Post; print(Post.objects.get(pk={}).title)"
-    env = manage_env(smtp, REPLICA_DATABASE_URL=replica_url)
-    seen = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", shell.format(post.pk)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    seen = manage(
+        "shell", "-c", shell.format(post.pk), env={"REPLICA_DATABASE_URL": replica_url}, timeout=60
     )
     assert seen.stdout.strip().splitlines()[-1] == "Draft title", seen.stderr
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,7 +15,7 @@ from psycopg import errors, sql
 from blog.models import Comment, Post, PostTag, Tag
 from eventbus import roles
 from eventbus.models import EventRecord
-from tests.support import ROOT, Listener, SMTPServer, database_url, manage_env, wait_until
+from tests.support import ROOT, Listener, SMTPServer, database_url, manage, wait_until
 
 ROLE = "eventbus_test_listener"
 READS = ["auth.User"]
@@ -83,13 +81,8 @@ def test_a_listener_under_the_least_privilege_role_handles_every_channel_it_serv
     # The handler published the callback event: INSERT on the event table, from a handler.
     assert EventRecord.objects.filter(channel="post_processing_finished").count() == 1
 
-    health = subprocess.run(
-        [sys.executable, "manage.py", "eventbus_health", "--skip-backlog"],
-        cwd=ROOT,
-        env=manage_env(DATABASE_URL=listener_role),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    health = manage(
+        "eventbus_health", "--skip-backlog", env={"DATABASE_URL": listener_role}, timeout=60
     )
     assert health.returncode == 0, health.stderr
 
