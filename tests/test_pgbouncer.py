@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -80,14 +81,19 @@ def pgbouncer() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def pooled_transactions(pgbouncer_url: str) -> int:
-    """Transactions PgBouncer has passed to the test database (its admin console)."""
+def admin_console(pgbouncer_url: str, command: str) -> list[dict[str, Any]]:
+    """Rows of PgBouncer's SHOW `command` about the test database."""
     admin = urlunsplit(urlsplit(pgbouncer_url)._replace(path="/pgbouncer"))
     with psycopg.connect(admin, autocommit=True) as conn:
         cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
-        cursor.execute("SHOW STATS")
+        cursor.execute(f"SHOW {command}")
         name = connection.settings_dict["NAME"]
-        return sum(int(r["total_xact_count"]) for r in cursor.fetchall() if r["database"] == name)
+        return [row for row in cursor.fetchall() if row["database"] == name]
+
+
+def pooled_transactions(pgbouncer_url: str) -> int:
+    """Transactions PgBouncer has passed to the test database."""
+    return sum(int(row["total_xact_count"]) for row in admin_console(pgbouncer_url, "STATS"))
 
 
 def test_claims_through_transaction_pooling_with_a_direct_listen_connection(
@@ -112,3 +118,5 @@ def test_claims_through_transaction_pooling_with_a_direct_listen_connection(
     )
     assert set(Post.objects.values_list("word_count", flat=True)) == {4}
     assert pooled_transactions(pgbouncer) > before, "the claims went through the pool"
+    # The worker's one pooled connection is its claim connection: LISTEN is not pooled.
+    assert len(admin_console(pgbouncer, "CLIENTS")) == 1
