@@ -99,9 +99,7 @@ class Executor:
             elif self.policies[event.channel].isolation == "batch":
                 shared.append(event)
             else:
-                handler = registration.handler
-                error, seconds = self._attempt([event], lambda h=handler, e=event: h(e))
-                outcomes[event.id] = self._outcome(event, error, seconds)
+                outcomes[event.id] = self._handle_one(event)
         for channel, group in batches.items():
             outcomes.update(self._handle_group(registry.handler_for(channel).handler, group))
         if shared:
@@ -126,15 +124,16 @@ class Executor:
                     handler(event)
                     seconds[event.id] = time.perf_counter() - started
         except (Exception, Alarm):
-            results = {}
-            for event in events:
-                handler = registry.handler_for(event.channel).handler
-                error, took = self._attempt([event], lambda h=handler, e=event: h(e))
-                results[event.id] = self._outcome(event, error, took)
-            return results
+            return {event.id: self._handle_one(event) for event in events}
         return {  # all done: no transition to compute
             e.id: Outcome(e.id, e.channel, e.attempt, DONE, None, seconds[e.id]) for e in events
         }
+
+    def _handle_one(self, event: Event) -> Outcome:
+        """One event, its handler in its own savepoint."""
+        handler = registry.handler_for(event.channel).handler
+        error, seconds = self._attempt([event], lambda: handler(event))
+        return self._outcome(event, error, seconds)
 
     def _handle_group(self, handler: Callable[..., Any], group: list[Event]) -> dict[int, Outcome]:
         """Run a batch handler; if it raises, find the bad events and commit the rest together.

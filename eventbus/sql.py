@@ -265,7 +265,5 @@ HEALTH = sql.SQL(
 ).format(workers=WORKERS)
 
 
-MISSING_TABLES = (
-    "SELECT t FROM unnest(ARRAY['eventbus_event', 'eventbus_worker']) AS t "
-    "WHERE to_regclass(t) IS NULL"
-)  # what a listener needs that migrations have not created yet
+# Which of the given tables migrations have not created yet.
+MISSING_TABLES = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL"

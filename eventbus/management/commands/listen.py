@@ -9,6 +9,7 @@ from django.db import OperationalError, connections
 
 from eventbus import conf, logs, metrics, sql, status
 from eventbus.management.commands import _options
+from eventbus.models import EventRecord, WorkerRecord
 from eventbus.supervisor import Supervisor
 from eventbus.worker import WorkerOptions
 
@@ -87,7 +88,8 @@ def _require_migrated(alias: str) -> None:
     """
     try:
         with connections[alias].cursor() as cursor:
-            cursor.execute(sql.MISSING_TABLES)
+            needed = [EventRecord._meta.db_table, WorkerRecord._meta.db_table]
+            cursor.execute(sql.MISSING_TABLES, [needed])
             missing = [row[0] for row in cursor.fetchall()]
     except OperationalError:
         return
