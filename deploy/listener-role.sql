@@ -9,7 +9,7 @@ DO $$ BEGIN
 END $$;
 GRANT USAGE ON SCHEMA "public" TO "eventbus_listener";
 -- claim, mark, publish and purge events; heartbeats
-GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."eventbus_event", "public"."eventbus_worker" TO "eventbus_listener";
+GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."eventbus_event", "public"."eventbus_worker", "public"."eventbus_inflight" TO "eventbus_listener";
 -- what the handlers read
 GRANT SELECT ON TABLE "public"."auth_user" TO "eventbus_listener";
 -- what the handlers update

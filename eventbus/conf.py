@@ -19,6 +19,13 @@ _ENVIRONMENT: dict[str, Any] = {
     "RETRY": json.loads,
     "DONE_RETENTION": float,
     "PURGE_INTERVAL": float,
+    "SHUTDOWN_TIMEOUT": float,
+    "HANG_GRACE": float,
+    "CRASH_LIMIT": int,
+    "BATCH_TIME_BUDGET": float,
+    "MAX_SAVEPOINTS": int,
+    "PAYLOAD_BUDGET": int,
+    "TRANSIENT_RETRIES": int,
     "LISTENER_MODULES": lambda v: tuple(
         m for m in v.split(",") if m
     ),  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
@@ -41,6 +48,13 @@ class Settings:
     LISTEN_DATABASE_URL: str | None = None  # a direct URL for LISTEN when claims go via a pool
     DONE_RETENTION: float | None = 3 * 86400  # seconds done events are kept; None: forever
     PURGE_INTERVAL: float = 60.0  # seconds between the listener's background purges
+    # Fault containment (see README, "What happens when..."):
+    HANG_GRACE: float = 30.0  # seconds of silence beyond a handler's timeout before a kill
+    CRASH_LIMIT: int = 3  # worker deaths on one event before it is made dead
+    BATCH_TIME_BUDGET: float = 1.0  # seconds of handling before a batch stops and commits
+    MAX_SAVEPOINTS: int = 64  # savepoints per claim transaction (0: no cap)
+    PAYLOAD_BUDGET: int = 64 * 1024 * 1024  # bytes of payload a worker holds at once
+    TRANSIENT_RETRIES: int = 10  # deadlock/serialization/lock-timeout retries per event
     FAULT_RATE: float = 0.0  # chaos testing: fraction of attempts failed on purpose
     FAULT_SEED: int = 0
 

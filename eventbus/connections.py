@@ -36,19 +36,44 @@ def connection_params(wrapper: BaseDatabaseWrapper) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in _DJANGO_ONLY and v not in (None, "")}
 
 
+# Every connection the engine opens notices a vanished peer: TCP keepalives when idle,
+# tcp_user_timeout when data sent goes unacknowledged (libpq ignores both on unix sockets).
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # milliseconds
+}
+
+
+def add_keepalives(wrapper: BaseDatabaseWrapper) -> None:
+    """Give Django's connection `wrapper` the engine's keepalives, unless OPTIONS set them."""
+    options = wrapper.settings_dict.setdefault("OPTIONS", {})
+    for key, value in KEEPALIVES.items():
+        options.setdefault(key, value)
+
+
+def connect_side(alias: str = "default") -> psycopg.Connection[Any]:
+    """An autocommitted connection beside the claim connection, as Django connects.
+
+    It writes what a rollback of the claim transaction must not erase (the crash
+    ledger). Its commits need not wait for the disk: losing the last few entries in a
+    server crash only forgets a few unfinished starts.
+    """
+    params = {"connect_timeout": 5, **KEEPALIVES, **connection_params(connections[alias])}
+    conn = psycopg.connect(autocommit=True, application_name="eventbus-ledger", **params)
+    conn.execute("SET synchronous_commit = off")
+    return conn
+
+
 def connect_listen(alias: str = "default") -> psycopg.Connection[Any]:
     """The LISTEN connection: EVENTBUS_LISTEN_DATABASE_URL if set, else as Django connects.
 
     TCP keepalives let the kernel notice a peer that vanished; the worker's ping notices
     a connection that is open but no longer delivers.
     """
-    options = {
-        "connect_timeout": 5,
-        "keepalives": 1,
-        "keepalives_idle": 10,
-        "keepalives_interval": 5,
-        "keepalives_count": 3,
-    }
+    options = {"connect_timeout": 5, **KEEPALIVES}
     url = conf.get().LISTEN_DATABASE_URL
     if url:
         return psycopg.connect(url, autocommit=True, application_name="eventbus-listen", **options)

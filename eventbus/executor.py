@@ -1,22 +1,39 @@
-"""Claim a batch of events and handle it, all in one transaction.
+"""Claim a batch of events and handle it, all in one transaction, containing every fault.
 
 Each handler call runs in a savepoint of the claiming transaction, and the batch's events
 are marked in that same transaction. So a handler's database effects commit exactly once
-together with its event's new state, and a worker that dies mid-batch leaves no trace: its
-row locks vanish with its connection and the events are claimed again.
+together with its event's new state, and a worker that dies mid-batch leaves no trace in
+the event table: its row locks vanish with its connection and the events are claimed again.
+
+What is in a batch never takes the worker down:
+- error text is cleaned before it is stored (``eventbus.errortext``);
+- if marking a batch fails, or the connection's transaction state is no longer known
+  (say a timeout fired inside Django's own savepoint code), the batch is rolled back, the
+  connection dropped, and each of its events runs again alone, in its own transaction; an
+  event whose outcome still cannot be recorded is made dead with the reason;
+- a worker that dies while handling is recorded in the crash ledger (``eventbus.ledger``);
+  events with an unfinished start run alone, and one that was in flight at
+  ``CRASH_LIMIT`` deaths is made dead without running again.
+
+A claim transaction stays short: it stops taking new events from its batch after
+``BATCH_TIME_BUDGET`` seconds, at ``MAX_SAVEPOINTS`` savepoints, or when the worker is
+asked to stop, commits what it finished, and leaves the rest pending. Payloads larger than
+the batch's share of ``PAYLOAD_BUDGET`` are fetched one event at a time.
 
 After an attempt an event is ``done``, ``failed`` (runs again after a backoff), ``pending``
-(a transient database error such as a deadlock: runs again at once) or ``dead`` (no
-attempts left, or the handler raised ``GiveUp``); see ``eventbus.retry``.
+(a transient database error: runs again after a short backoff) or ``dead``; see
+``eventbus.retry``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import sys
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -24,21 +41,45 @@ from django.db import connections, transaction
 
 from eventbus import conf, faults, metrics, registry, routing, sql
 from eventbus.errors import HandlerTimeout
+from eventbus.errortext import describe, first_line
 from eventbus.event import DEAD, DONE, FAILED, Event
+from eventbus.ledger import CrashLedger, LedgerUnavailable
+from eventbus.liveness import Liveness
 from eventbus.policies import Policies
 from eventbus.retry import after_attempt
-from eventbus.timeouts import Alarm, armed_timer, rearm, time_limit
+from eventbus.timeouts import Deadline, time_limit
 
 log = logging.getLogger("eventbus.executor")
 
-MAX_ERROR_CHARS = 8000
 # SQLSTATEs that say "try again", not "this event is bad": class 40 (transaction
 # rollback: serialization failure, deadlock) and lock_not_available (lock_timeout).
 TRANSIENT_SQLSTATE_PREFIXES = ("40", "55P03")
+IDLE_GRACE_MS = 30_000  # idle_in_transaction_session_timeout beyond the longest handler
 
 
 class _ProbeSucceeded(Exception):
     """Raised to roll back a probe's savepoint after its handler succeeded."""
+
+
+class _RunAlone(Exception):
+    """The claimed batch holds events with unfinished starts: run each alone instead."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(f"{len(ids)} event(s) to run alone")
+        self.ids = ids
+
+
+class TransactionStateUnknown(Exception):
+    """Django's view of the claim transaction no longer matches the server's."""
+
+
+class BatchFailed(Exception):
+    """A batch could not be committed for a reason other than a lost connection."""
+
+    def __init__(self, ids: list[int], cause: BaseException) -> None:
+        super().__init__(first_line(describe(cause)))
+        self.ids = ids
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,63 +91,211 @@ class Outcome:
     error: str | None
     seconds: float
     retry_in: float = 0.0
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status == DONE
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed event and what the claim learnt about it besides the event itself."""
+
+    event: Event
+    lazy: bool  # its payload was left out for its size
+    unfinished: int  # starts recorded in the crash ledger that never finished
+    transient_errors: int
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Claim:
+        return cls(Event.from_row(row[:9]), bool(row[9]), int(row[10]), int(row[11]))
+
+
+class Budget:
+    """When a claim transaction stops taking new events from its batch."""
+
+    def __init__(self, connection: Any, seconds: float, savepoints: int, stop: Callable[[], bool]):
+        self.connection = connection
+        self.deadline = time.monotonic() + seconds if seconds > 0 else math.inf
+        self.savepoints = savepoints
+        self.base = connection.savepoint_state
+        self.stop = stop
+
+    def savepoints_used(self) -> int:
+        return self.connection.savepoint_state - self.base
+
+    def exhausted(self) -> bool:
+        if self.stop() or time.monotonic() >= self.deadline:
+            return True
+        return bool(self.savepoints) and self.savepoints_used() >= self.savepoints
+
+
 class Executor:
     """Runs batches for one worker, on the Django connection `alias` (the primary)."""
 
-    def __init__(self, worker_name: str, alias: str = "default") -> None:
+    def __init__(
+        self,
+        worker_name: str,
+        alias: str = "default",
+        should_stop: Callable[[], bool] = lambda: False,
+        liveness: Liveness | None = None,
+    ) -> None:
         self.worker_name = worker_name
         self.alias = alias
+        self.should_stop = should_stop
+        self.liveness = liveness or Liveness()
         self.policies = Policies()
-        settings = conf.get()
+        self.settings = settings = conf.get()
         self.fault_rate, self.fault_seed = settings.FAULT_RATE, settings.FAULT_SEED
+        self.ledger = CrashLedger(worker_name, alias)
+        self._pins: dict[int, Any] = {}
+
+    # --- A batch ---------------------------------------------------------------------
 
     def run_batch(self, scope: sql.Scope, limit: int) -> list[Outcome]:
-        """Claim up to `limit` events of `scope`, handle them, commit. Returns the outcomes."""
-        connection = connections[self.alias]
-        with routing.pinned(self.alias), transaction.atomic(using=self.alias):
-            with connection.cursor() as cursor:
-                cursor.execute(sql.PIN_CLAIM_PLAN)
-                cursor.execute(*sql.claim(scope, limit))
-                rows = cursor.fetchall()
-                cursor.execute(sql.UNPIN_CLAIM_PLAN)
-                events = [Event.from_row(row) for row in rows]
-            outcomes = self._handle_all(events)
-            self._run_dead_hooks(events, outcomes)
-            self._mark(outcomes)
+        """Claim up to `limit` events of `scope`, handle them, commit. Returns the outcomes.
+
+        Events left unstarted (a stop, the time or savepoint budget) have no outcome and
+        are pending again once this returns.
+        """
+        try:
+            outcomes = self._run(scope, limit)
+        except _RunAlone as request:
+            outcomes = self._run_each_alone(scope, request.ids)
+        except BatchFailed as failure:
+            log.warning(
+                "worker %s: a batch of %d event(s) could not be committed (%s); running each alone",
+                self.worker_name,
+                len(failure.ids),
+                failure,
+            )
+            outcomes = self._run_each_alone(scope, failure.ids)
         for outcome in outcomes:  # logged once committed: these are the real state changes
             _log(outcome)
             metrics.observe(outcome.channel, outcome.status, outcome.attempt, outcome.seconds)
         return outcomes
 
-    def _handle_all(self, events: list[Event]) -> list[Outcome]:
-        outcomes: dict[int, Outcome] = {}
-        batches: dict[str, list[Event]] = {}
-        shared: list[Event] = []  # per-event handlers of isolation="batch" channels
-        for event in events:
+    def idle(self) -> None:
+        """The worker found nothing to do: tidy the crash ledger."""
+        self.ledger.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self.ledger.flush()
+        self.ledger.close()
+
+    def _run(self, scope: sql.Scope, limit: int) -> list[Outcome]:
+        """One claim transaction. Raises `_RunAlone` or `BatchFailed` (rolled back)."""
+        connection = connections[self.alias]
+        inline = max(1, self.settings.PAYLOAD_BUDGET // max(limit, 1))
+        claims: list[Claim] = []
+        try:
+            with routing.pinned(self.alias), transaction.atomic(using=self.alias):
+                baseline = _bookkeeping(connection)
+                with connection.cursor() as cursor:
+                    cursor.execute(self._pin_for(limit))
+                    cursor.execute(*sql.claim(scope, limit, inline))
+                    claims = [Claim.from_row(row) for row in cursor.fetchall()]
+                    cursor.execute(sql.UNPIN_CLAIM_PLAN)
+                if not claims:
+                    return []
+                ids = [c.event.id for c in claims]
+                if len(claims) > 1 and any(c.unfinished for c in claims):
+                    raise _RunAlone(ids)  # rolls the claim back; no handler has run
+                if claims[0].unfinished >= self.settings.CRASH_LIMIT:
+                    outcomes = [self._crashed(claims[0])]
+                else:
+                    self.ledger.started([(c.event.id, c.event.attempt - 1) for c in claims])
+                    outcomes = self._handle_all(claims, connection)
+                    self._check_state(connection, baseline)
+                self._mark(outcomes)
+        except (_RunAlone, LedgerUnavailable):
+            raise
+        except BaseException as exc:
+            if not claims or _broken(connection) or isinstance(exc, KeyboardInterrupt):
+                raise  # nothing ran, or the connection is gone: the worker reconnects
+            self._discard_connection()
+            raise BatchFailed([c.event.id for c in claims], exc) from exc
+        self.ledger.finish(ids)
+        return outcomes
+
+    def _run_each_alone(self, scope: sql.Scope, ids: list[int]) -> list[Outcome]:
+        """Each event in its own claim transaction; one that cannot be marked is made dead."""
+        outcomes: list[Outcome] = []
+        for event_id in ids:
+            if self.should_stop():
+                break
+            alone = replace(scope, ids=(event_id,))
             try:
-                registration = registry.handler_for(event.channel)
-            except registry.UnknownChannel as exc:
-                outcomes[event.id] = self._outcome(event, exc, 0.0)
+                outcomes += self._run(alone, 1)
+            except BatchFailed as failure:
+                outcomes += self._bury(alone, failure)
+        return outcomes
+
+    def _bury(self, scope: sql.Scope, failure: BatchFailed) -> list[Outcome]:
+        """Make an event dead whose outcome could not be recorded, with the reason."""
+        reason = f"could not record this event's outcome: {failure}"
+        with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
+            cursor.execute(*sql.claim(scope, 1))
+            rows = cursor.fetchall()
+            if not rows:
+                return []  # another worker holds it, or it is no longer runnable
+            claim = Claim.from_row(rows[0])
+            cursor.execute(
+                *sql.mark_errors(self.worker_name, [sql.ErrorMark(claim.event.id, DEAD, 0, reason)])
+            )
+        self.ledger.finish([claim.event.id])
+        event = claim.event
+        return [Outcome(event.id, event.channel, event.attempt, DEAD, reason, 0.0)]
+
+    def _crashed(self, claim: Claim) -> Outcome:
+        event = claim.event
+        reason = f"worker died while handling this event {claim.unfinished} times"
+        error = _WorkerDied(reason)
+        self._run_dead_hook(event, reason)
+        return Outcome(event.id, event.channel, event.attempt, DEAD, describe(error), 0.0)
+
+    # --- Handling ----------------------------------------------------------------------
+
+    def _handle_all(self, claims: list[Claim], connection: Any) -> list[Outcome]:
+        budget = Budget(
+            connection,
+            self.settings.BATCH_TIME_BUDGET,
+            self.settings.MAX_SAVEPOINTS,
+            self.should_stop,
+        )
+        outcomes: dict[int, Outcome] = {}
+        groups: dict[str, list[Claim]] = {}
+        shared: list[Claim] = []  # per-event handlers of isolation="batch" channels
+        singles: list[Claim] = []
+        for claim in claims:
+            channel = claim.event.channel
+            try:
+                registration = registry.handler_for(channel)
+            except registry.UnknownChannel:
+                _warn_unhandled(channel)  # left pending for a listener that handles it
                 continue
             if registration.batch:
-                batches.setdefault(event.channel, []).append(event)
-            elif self.policies[event.channel].isolation == "batch":
-                shared.append(event)
+                groups.setdefault(channel, []).append(claim)
+            elif self.policies[channel].isolation == "batch":
+                shared.append(claim)
             else:
-                outcomes[event.id] = self._handle_one(event)
-        for channel, group in batches.items():
-            outcomes.update(self._handle_group(registry.handler_for(channel).handler, group))
-        if shared:
-            outcomes.update(self._handle_shared(shared))
-        return [outcomes[event.id] for event in events]
+                singles.append(claim)
+        for claim in singles:
+            if outcomes and budget.exhausted():
+                break
+            outcomes[claim.event.id] = self._handle_one(claim)
+        for channel, group in groups.items():
+            if outcomes and budget.exhausted():
+                break
+            handler = registry.handler_for(channel).handler
+            outcomes.update(self._handle_group(handler, group, budget))
+        if shared and not (outcomes and budget.exhausted()):
+            outcomes.update(self._handle_shared(shared, budget))
+        return [outcomes[c.event.id] for c in claims if c.event.id in outcomes]
 
-    def _handle_shared(self, events: list[Event]) -> dict[int, Outcome]:
+    def _handle_shared(self, claims: list[Claim], budget: Budget) -> dict[int, Outcome]:
         """isolation="batch": one savepoint for all; on any error, redo one by one.
 
         Two savepoint round trips per event are most of the engine's cost for small
@@ -114,28 +303,52 @@ class Executor:
         effects are all in the database, and the rollback undid them.
         """
         seconds: dict[int, float] = {}
+        taken: list[Claim] = []
         try:
-            with transaction.atomic(using=self.alias), armed_timer():
-                for event in events:
-                    self._inject_fault(event)
-                    handler = registry.handler_for(event.channel).handler
-                    rearm(self.policies[event.channel].timeout)
+            with transaction.atomic(using=self.alias):
+                for claim in claims:
+                    if taken and budget.exhausted():
+                        break
+                    event = self._with_payload(claim)
+                    timeout = self.policies[event.channel].timeout
+                    self.liveness.busy(timeout)
                     started = time.perf_counter()
-                    handler(event)
+                    with self._limit(timeout) as limit:
+                        self._inject_fault(event)
+                        registry.handler_for(event.channel).handler(event)
+                    if limit is not None and limit.fired:
+                        raise Deadline
                     seconds[event.id] = time.perf_counter() - started
-        except (Exception, Alarm):
-            return {event.id: self._handle_one(event) for event in events}
+                    taken.append(claim)
+        except (Exception, Deadline):
+            self.liveness.idle()
+            results: dict[int, Outcome] = {}
+            for claim in claims:
+                if results and budget.exhausted():
+                    break
+                results[claim.event.id] = self._handle_one(claim)
+            return results
+        self.liveness.idle()
         return {  # all done: no transition to compute
-            e.id: Outcome(e.id, e.channel, e.attempt, DONE, None, seconds[e.id]) for e in events
+            c.event.id: Outcome(
+                c.event.id, c.event.channel, c.event.attempt, DONE, None, seconds[c.event.id]
+            )
+            for c in taken
         }
 
-    def _handle_one(self, event: Event) -> Outcome:
-        """One event, its handler in its own savepoint."""
+    def _handle_one(self, claim: Claim) -> Outcome:
+        """One event, its handler in its own savepoint; its on_dead hook if it dies."""
+        event = self._with_payload(claim)
         handler = registry.handler_for(event.channel).handler
         error, seconds = self._attempt([event], lambda: handler(event))
-        return self._outcome(event, error, seconds)
+        outcome = self._outcome(claim, error, seconds)
+        if outcome.status == DEAD:
+            self._run_dead_hook(event, outcome.error or "")
+        return outcome
 
-    def _handle_group(self, handler: Callable[..., Any], group: list[Event]) -> dict[int, Outcome]:
+    def _handle_group(
+        self, handler: Callable[..., Any], claims: list[Claim], budget: Budget
+    ) -> dict[int, Outcome]:
         """Run a batch handler; if it raises, find the bad events and commit the rest together.
 
         The bad events are found by probing each event alone in a savepoint that is always
@@ -143,22 +356,41 @@ class Executor:
         taking their locks in the handler's own order. (Committing singles one by one would
         take locks in event order, and two workers doing so could deadlock.)
         """
+        by_id = {c.event.id: c for c in claims}
+        group = self._with_payloads(claims)
         error, seconds = self._attempt(group, lambda: handler(group))
         if error is None or len(group) == 1:
-            return {e.id: self._outcome(e, error, seconds / len(group)) for e in group}
+            return self._group_outcomes(group, by_id, error, seconds)
         results: dict[int, Outcome] = {}
         good = []
         for event in group:
+            if budget.exhausted():
+                break
             error, seconds = self._attempt([event], lambda e=event: handler([e]), probe=True)
             if error is None:
                 good.append(event)
             else:
-                results[event.id] = self._outcome(event, error, seconds)
+                results.update(self._group_outcomes([event], by_id, error, seconds))
         if good:
             # Each alone succeeds; together they should too. If not, none can be blamed
             # alone: they all take the error and retry.
             error, seconds = self._attempt(good, lambda: handler(good))
-            results.update({e.id: self._outcome(e, error, seconds / len(good)) for e in good})
+            results.update(self._group_outcomes(good, by_id, error, seconds))
+        return results
+
+    def _group_outcomes(
+        self,
+        events: list[Event],
+        by_id: dict[int, Claim],
+        error: BaseException | None,
+        seconds: float,
+    ) -> dict[int, Outcome]:
+        results = {}
+        for event in events:
+            outcome = self._outcome(by_id[event.id], error, seconds / len(events))
+            if outcome.status == DEAD:
+                self._run_dead_hook(event, outcome.error or "")
+            results[event.id] = outcome
         return results
 
     def _attempt(
@@ -167,62 +399,97 @@ class Executor:
         call: Callable[[], Any],
         probe: bool = False,
         inject: bool = True,
-    ) -> tuple[Exception | None, float]:
-        """Run `call` in a savepoint, under the channel's time limit.
-
-        A probe's savepoint is rolled back even when `call` succeeds: only its error counts.
-        """
+    ) -> tuple[BaseException | None, float]:
+        """Run `call` in a savepoint, under the channel's time limit (scaled by the number
+        of events for a batch handler). A probe's savepoint is always rolled back: only
+        its error counts. The caller checks the transaction state afterwards."""
         timeout = self.policies[events[0].channel].timeout
+        if timeout:
+            timeout *= len(events)
         started = time.perf_counter()
+        limit = None
+        error: BaseException | None = None
+        self.liveness.busy(timeout)
         try:
-            with transaction.atomic(using=self.alias), time_limit(timeout):
+            with transaction.atomic(using=self.alias), self._limit(timeout) as limit:
                 for event in events if inject else ():
                     self._inject_fault(event)
                 call()
                 if probe:
                     raise _ProbeSucceeded
         except _ProbeSucceeded:
-            return None, time.perf_counter() - started
-        except Alarm:
-            error: Exception = HandlerTimeout(f"handler ran longer than {timeout:g} s")
-            return error, time.perf_counter() - started
-        except Exception as exc:
-            return exc, time.perf_counter() - started
-        return None, time.perf_counter() - started
+            pass
+        except (Exception, Deadline, KeyboardInterrupt, SystemExit) as exc:
+            error = exc
+        finally:
+            self.liveness.idle()
+        if limit is not None and limit.fired and error is not None:
+            error = HandlerTimeout(f"handler ran longer than {timeout:g} s")
+        return error, time.perf_counter() - started
+
+    @contextlib.contextmanager
+    def _limit(self, seconds: float | None) -> Iterator[Any]:
+        conn = connections[self.alias].connection
+        cancel = (lambda: conn.cancel_safe(timeout=5)) if conn is not None else None
+        with time_limit(seconds, cancel, sys._getframe(2)) as limit:
+            yield limit
 
     def _inject_fault(self, event: Event) -> None:
         """EVENTBUS_FAULT_RATE: fail this attempt on purpose, before its handler runs."""
         if faults.injected(self.fault_seed, self.fault_rate, event.id, event.attempt):
             raise faults.InjectedFault(f"fault injected into attempt {event.attempt}")
 
-    def _outcome(self, event: Event, error: Exception | None, seconds: float) -> Outcome:
+    def _with_payload(self, claim: Claim) -> Event:
+        return self._with_payloads([claim])[0]
+
+    def _with_payloads(self, claims: list[Claim]) -> list[Event]:
+        """The events, with the payloads their claim left out fetched now (under the lock)."""
+        lazy = [c.event.id for c in claims if c.lazy]
+        if not lazy:
+            return [c.event for c in claims]
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(*sql.payloads(lazy))
+            loaded = {row[0]: row[1:] for row in cursor.fetchall()}
+        return [
+            replace(c.event, old=_json(loaded[c.event.id][0]), new=_json(loaded[c.event.id][1]))
+            if c.lazy
+            else c.event
+            for c in claims
+        ]
+
+    def _outcome(self, claim: Claim, error: BaseException | None, seconds: float) -> Outcome:
+        event = claim.event
         policy = self.policies[event.channel].retry
-        step = after_attempt(event.attempt, error, policy, transient=is_transient(error))
+        transient = is_transient(error)
+        if transient and claim.transient_errors >= self.settings.TRANSIENT_RETRIES:
+            transient = False  # out of transient retries: an ordinary failed attempt
+        counted = event.attempt - claim.transient_errors  # transient errors use none up
+        step = after_attempt(
+            counted, error, policy, transient=transient, transient_count=claim.transient_errors
+        )
         text = describe(error) if error is not None else None
         return Outcome(
-            event.id, event.channel, event.attempt, step.state, text, seconds, step.delay
+            event.id, event.channel, event.attempt, step.state, text, seconds, step.delay, transient
         )
 
-    def _run_dead_hooks(self, events: list[Event], outcomes: list[Outcome]) -> None:
-        for event, outcome in zip(events, outcomes, strict=True):
-            hook = registry.dead_hook_for(event.channel) if outcome.status == DEAD else None
-            if hook is None:
-                continue
-            error, _ = self._attempt(
-                [event], lambda h=hook, e=event, o=outcome: h(e, o.error), inject=False
+    def _run_dead_hook(self, event: Event, error_text: str) -> None:
+        hook = registry.dead_hook_for(event.channel)
+        if hook is None:
+            return
+        error, _ = self._attempt([event], lambda: hook(event, error_text), inject=False)
+        if error is not None:
+            log.error(
+                "event %d %s: its on_dead hook failed: %s",
+                event.id,
+                event.channel,
+                first_line(describe(error)),
+                extra={"event_id": event.id, "channel": event.channel},
             )
-            if error is not None:
-                log.error(
-                    "event %d %s: its on_dead hook failed: %s",
-                    event.id,
-                    event.channel,
-                    describe(error).splitlines()[0],
-                )
 
     def _mark(self, outcomes: list[Outcome]) -> None:
         done = [o.event_id for o in outcomes if o.status == DONE]
         errors = [
-            sql.ErrorMark(o.event_id, o.status, o.retry_in, o.error or "")
+            sql.ErrorMark(o.event_id, o.status, o.retry_in, o.error or "", o.transient)
             for o in outcomes
             if o.status != DONE
         ]
@@ -231,6 +498,92 @@ class Executor:
                 cursor.execute(*sql.mark_done(self.worker_name, done))
             if errors:
                 cursor.execute(*sql.mark_errors(self.worker_name, errors))
+
+    # --- Transaction state -------------------------------------------------------------
+
+    def _check_state(self, connection: Any, baseline: tuple[Any, ...]) -> None:
+        """Never commit on a connection whose state is unknown: Django must be back in
+        exactly the claim's atomic block, and the server in a healthy transaction."""
+        conn = connection.connection
+        status = conn.info.transaction_status if conn is not None else None
+        now = _bookkeeping(connection)
+        if now != baseline or status != psycopg.pq.TransactionStatus.INTRANS:
+            raise TransactionStateUnknown(
+                f"Django's transaction bookkeeping {now} (expected {baseline}), "
+                f"server transaction status {status}"
+            )
+
+    def _discard_connection(self) -> None:
+        """Drop the claim connection and reset Django's bookkeeping of it: the server rolls
+        the transaction back, and the next batch starts on a fresh connection."""
+        connection = connections[self.alias]
+        with contextlib.suppress(Exception):
+            if connection.connection is not None:
+                connection.connection.close()
+        connection.connection = None
+        connection.in_atomic_block = False
+        connection.savepoint_ids = []
+        connection.atomic_blocks = []
+        connection.needs_rollback = False
+        connection.closed_in_transaction = False
+        connection.commit_on_exit = True
+        connection.run_on_commit = []
+        connection.autocommit = True
+        connection.savepoint_state = 0
+
+    def _pin_for(self, limit: int) -> Any:
+        """The claim's SET LOCALs, with an idle-in-transaction limit longer than any one
+        handler call may take (0, none, when some channel has no timeout)."""
+        pin = self._pins.get(limit)
+        if pin is None:
+            names = registry.channel_names()
+            timeouts = [self.policies[name].timeout for name in names]
+            if not names or not all(timeouts):
+                milliseconds = 0
+            else:
+                batch = any(registry.handler_for(n).batch for n in registry.handled_channels())
+                longest = max(t for t in timeouts if t) * (limit if batch else 1)
+                milliseconds = int(longest * 1000) + IDLE_GRACE_MS
+            pin = self._pins[limit] = sql.pin_claim_plan(milliseconds)
+        return pin
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+def _broken(connection: Any) -> bool:
+    conn = connection.connection
+    return conn is None or conn.closed or conn.broken
+
+
+def _bookkeeping(connection: Any) -> tuple[Any, ...]:
+    """Django's record of the transaction: must be the same before and after an attempt."""
+    return (
+        connection.in_atomic_block,
+        tuple(connection.savepoint_ids),
+        len(connection.atomic_blocks),
+        connection.needs_rollback,
+    )
+
+
+def _json(value: Any) -> Any:
+    import json
+
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+_warned: set[str] = set()
+
+
+def _warn_unhandled(channel: str) -> None:
+    if channel not in _warned:
+        _warned.add(channel)
+        log.warning(
+            "channel %s: this listener has no handler; its events stay pending",
+            channel,
+            extra={"channel": channel},
+        )
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -261,7 +614,7 @@ def _log(outcome: Outcome) -> None:
             extra=extra,
         )
         return
-    reason = (outcome.error or "").splitlines()[0]
+    reason = first_line(outcome.error)
     if outcome.status == FAILED:
         log.warning(
             "%s: failed (attempt %d), retry in %.1f s: %s",
@@ -275,16 +628,10 @@ def _log(outcome: Outcome) -> None:
         log.error("%s: dead after attempt %d: %s", where, outcome.attempt, reason, extra=extra)
     else:
         log.warning(
-            "%s: deferred after a transient error (attempt %d): %s",
+            "%s: deferred %.2f s after a transient error (attempt %d): %s",
             where,
+            outcome.retry_in,
             outcome.attempt,
             reason,
             extra=extra,
         )
-
-
-def describe(exc: BaseException) -> str:
-    """The error text stored on a failed event: the message first, then where it came from."""
-    summary = f"{type(exc).__name__}: {exc}".strip()
-    frames = "".join(traceback.format_tb(exc.__traceback__, limit=-5))
-    return f"{summary}\n{frames}"[:MAX_ERROR_CHARS]

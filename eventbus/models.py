@@ -50,6 +50,9 @@ class EventRecord(models.Model):
         max_length=16, choices=State.choices, default=PENDING, db_default=PENDING
     )
     attempts = models.IntegerField(default=0, db_default=0)
+    # Attempts that ended in a transient database error (deadlock, serialization failure,
+    # lock timeout): they back off under their own bound and use up no retry attempt.
+    transient_errors = models.IntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(db_default=Now())
     run_after = models.DateTimeField(db_default=Now())  # not claimed before this time
     first_claimed_at = models.DateTimeField(null=True, blank=True)
@@ -108,3 +111,29 @@ class WorkerRecord(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class InflightRecord(models.Model):
+    """Handling attempts that started but never finished, written outside the claim.
+
+    The claim transaction rolls back when its worker dies (kill -9, a segfault, the OOM
+    killer, ``os._exit`` in a handler), which erases any trace of the attempt inside it.
+    So each claimed batch is recorded here through a second, autocommitted connection
+    before its handlers run, and the claim transaction deletes those rows as it commits.
+    A row whose ``attempts`` still equals the event's is a start that never finished (a
+    finished attempt moves the event's count on, so a row not yet deleted is harmless):
+    the executor then runs the event alone, and makes it dead after ``CRASH_LIMIT``.
+    """
+
+    event_id = models.BigIntegerField(primary_key=True)
+    attempts = models.IntegerField()  # the event's attempts when these starts were made
+    starts = models.IntegerField()
+    worker = models.CharField(max_length=128)
+    last_started_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "eventbus_inflight"
+        verbose_name = "in-flight attempt"
+
+    def __str__(self) -> str:
+        return f"event {self.event_id}: {self.starts} unfinished start(s)"

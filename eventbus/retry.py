@@ -3,7 +3,8 @@
 pending --claim--> (running, invisible: a row lock inside the claim transaction)
 running --ok--> done
 running --error, attempts left--> failed   (runs again at run_after)
-running --transient db error--> pending    (runs again at once)
+running --transient db error--> pending    (runs again after a short jittered backoff;
+                                            uses up no attempt, up to TRANSIENT_RETRIES)
 running --GiveUp / no attempts left--> dead (kept; `recover --dead` replays it)
 """
 
@@ -68,21 +69,40 @@ class Transition:
     delay: float  # seconds until the event may run again (0 for done and dead)
 
 
+TRANSIENT_BASE_DELAY = 0.05  # seconds before the first retry after a transient error
+TRANSIENT_MAX_DELAY = 5.0
+
+
+def transient_delay(previous: int, rng: random.Random | None = None) -> float:
+    """Seconds before retrying after transient error number `previous` + 1 of an event:
+    doubling from 50 ms, capped at 5 s, drawn from [delay/2, delay] so that the two sides
+    of a deadlock do not collide again in lockstep."""
+    delay = min(TRANSIENT_MAX_DELAY, TRANSIENT_BASE_DELAY * 2.0 ** min(previous, 62))
+    return (rng or random).uniform(delay / 2, delay)
+
+
 def after_attempt(
     attempt: int,
     error: BaseException | None,
     policy: RetryPolicy,
     *,
     transient: bool = False,
+    transient_count: int = 0,
     rng: random.Random | None = None,
 ) -> Transition:
-    """The state an event moves to after attempt number `attempt` ended with `error`."""
+    """The state an event moves to after attempt number `attempt` ended with `error`.
+
+    `attempt` counts the attempts that used up a retry (not transient ones);
+    `transient_count` is how many transient errors the event had before this one.
+    """
     if error is None:
         return Transition(DONE, 0.0)
-    if isinstance(error, GiveUp) or attempt >= policy.max_attempts:
+    if isinstance(error, GiveUp):
         return Transition(DEAD, 0.0)
     if transient:
-        return Transition(PENDING, 0.0)
+        return Transition(PENDING, transient_delay(transient_count, rng))
+    if attempt >= policy.max_attempts:
+        return Transition(DEAD, 0.0)
     if isinstance(error, RetryLater) and error.delay is not None:
         return Transition(FAILED, max(0.0, error.delay))
     return Transition(FAILED, policy.delay(attempt, rng))

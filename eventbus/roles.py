@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from django.apps import apps
 from psycopg import sql
 
-from eventbus.models import EventRecord, WorkerRecord
+from eventbus.models import EventRecord, InflightRecord, WorkerRecord
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 READ = ("SELECT",)
@@ -77,7 +77,7 @@ def listener_role(
         ).format(name=sql.Literal(role), role=r),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {};").format(sql.Identifier(schema), r),
         sql.SQL("-- claim, mark, publish and purge events; heartbeats"),
-        grant(WRITE, [EventRecord._meta.db_table, WorkerRecord._meta.db_table]),
+        grant(WRITE, [m._meta.db_table for m in (EventRecord, WorkerRecord, InflightRecord)]),
     ]
     for comment, privileges, labels in (
         ("what the handlers read", READ, read),

@@ -25,6 +25,16 @@ CLAIM_COLUMNS = sql.SQL(
     "e.id, e.channel, e.operation, e.table_name, e.key, e.old, e.new, "
     "extract(epoch FROM e.created_at)::float8, e.attempts"
 )
+# After the event's own columns, what the executor needs to contain faults: the payload is
+# left out when larger than %(inline)s bytes (fetched by `payloads` just before its
+# handler runs, so a batch of large rows cannot exhaust memory); the unfinished starts
+# in the crash ledger (an entry made before the event's last recorded attempt is stale);
+# and the transient errors so far.
+CLAIM_EXTRA_COLUMNS = sql.SQL(
+    "s.bytes > %(inline)s, "
+    "CASE WHEN f.attempts = e.attempts THEN f.starts ELSE 0 END, "
+    "e.transient_errors"
+)
 
 
 @dataclass(frozen=True)
@@ -52,17 +62,78 @@ class Scope:
 # a claim at 125,000 pending, measured. These settings pin the plan for the claim
 # statement only; the executor restores them before handlers run.
 PIN_CLAIM_PLAN = sql.SQL("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
+
+
+def pin_claim_plan(idle_timeout_ms: int) -> sql.Composed:
+    """PIN_CLAIM_PLAN, plus a server-side limit on how long the claim transaction may sit
+    idle between statements (a worker that hung mid-batch releases its locks)."""
+    return sql.SQL("{}; SET LOCAL idle_in_transaction_session_timeout = {}").format(
+        PIN_CLAIM_PLAN, sql.Literal(idle_timeout_ms)
+    )
+
+
 UNPIN_CLAIM_PLAN = sql.SQL("SET LOCAL enable_bitmapscan = DEFAULT; SET LOCAL enable_sort = DEFAULT")
 
 
-def claim(scope: Scope, limit: int) -> tuple[sql.Composed, dict[str, Any]]:
-    """Lock and return up to `limit` events of `scope`, oldest first, skipping locked ones."""
+def claim(scope: Scope, limit: int, inline: int = 2**62) -> tuple[sql.Composed, dict[str, Any]]:
+    """Lock and return up to `limit` events of `scope`, oldest first, skipping locked ones.
+
+    Rows: CLAIM_COLUMNS (payloads over `inline` bytes as NULL), then CLAIM_EXTRA_COLUMNS.
+    """
     where, params = _where(scope)
     query = sql.SQL(
-        "SELECT {columns} FROM {table} AS e WHERE {where} ORDER BY e.id LIMIT %(limit)s "
-        "FOR UPDATE OF e SKIP LOCKED"
-    ).format(columns=CLAIM_COLUMNS, table=TABLE, where=where)
-    return query, {**params, "limit": limit}
+        "SELECT e.id, e.channel, e.operation, e.table_name, e.key, "
+        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.old END, "
+        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.new END, "
+        "extract(epoch FROM e.created_at)::float8, e.attempts, {extra} "
+        "FROM {table} AS e LEFT JOIN {ledger} AS f ON f.event_id = e.id "
+        "CROSS JOIN LATERAL (SELECT coalesce(octet_length(e.old::text), 0) "
+        "+ coalesce(octet_length(e.new::text), 0) AS bytes) AS s "
+        "WHERE {where} ORDER BY e.id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED"
+    ).format(extra=CLAIM_EXTRA_COLUMNS, table=TABLE, ledger=LEDGER, where=where)
+    return query, {**params, "limit": limit, "inline": inline}
+
+
+def payloads(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
+    """The payloads a claim left out for their size (see `claim`)."""
+    query = sql.SQL("SELECT id, old, new FROM {table} WHERE id = ANY(%s)").format(table=TABLE)
+    return query, [list(ids)]
+
+
+# --- The crash ledger (eventbus.models.InflightRecord), written on a second connection --
+
+LEDGER = sql.Identifier("eventbus_inflight")
+
+
+def ledger_start(
+    worker: str, started: Sequence[tuple[int, int]], finished: Sequence[int]
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """Record a start for each (event id, attempts so far) and delete the entries of
+    `finished` events, in one statement. A stale entry (the event's attempts moved on
+    since) starts again from one."""
+    ids = {event_id for event_id, _ in started}
+    query = sql.SQL(
+        "WITH finished AS (DELETE FROM {ledger} WHERE event_id = ANY(%(finished)s)) "
+        "INSERT INTO {ledger} AS l (event_id, attempts, starts, worker, last_started_at) "
+        "SELECT s.id, s.attempts, 1, %(worker)s, now() "
+        "FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS s(id, attempts) "
+        "ON CONFLICT (event_id) DO UPDATE SET "
+        "starts = CASE WHEN l.attempts = EXCLUDED.attempts THEN l.starts + 1 ELSE 1 END, "
+        "attempts = EXCLUDED.attempts, worker = EXCLUDED.worker, "
+        "last_started_at = EXCLUDED.last_started_at"
+    ).format(ledger=LEDGER)
+    return query, {
+        "worker": worker,
+        "ids": [event_id for event_id, _ in started],
+        "attempts": [attempts for _, attempts in started],
+        "finished": [i for i in finished if i not in ids],
+    }
+
+
+def ledger_forget(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
+    return sql.SQL("DELETE FROM {ledger} WHERE event_id = ANY(%s)").format(ledger=LEDGER), [
+        list(ids)
+    ]
 
 
 def count_by_channel_and_state(scope: Scope) -> tuple[sql.Composed, dict[str, Any]]:
@@ -143,9 +214,11 @@ MARK_ERRORS = sql.SQL(
     "worker = %(worker)s, last_error = f.error, "
     "errors = e.errors || jsonb_build_array(jsonb_build_object("
     "'attempt', e.attempts + 1, 'at', clock_timestamp(), 'worker', %(worker)s, "
-    "'error', left(f.error, %(entry_chars)s))) "
+    "'error', left(f.error, %(entry_chars)s))), "
+    "transient_errors = e.transient_errors + f.transient::int "
     "FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(delays)s::float8[], "
-    "%(errors)s::text[]) AS f(id, state, delay, error) WHERE e.id = f.id"
+    "%(errors)s::text[], %(transient)s::bool[]) AS f(id, state, delay, error, transient) "
+    "WHERE e.id = f.id"
 ).format(table=TABLE)
 
 ERROR_ENTRY_CHARS = 2000
@@ -157,6 +230,7 @@ class ErrorMark:
     state: str
     delay: float
     error: str
+    transient: bool = False
 
 
 def mark_done(worker: str, ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
@@ -172,6 +246,7 @@ def mark_errors(worker: str, marks: Sequence[ErrorMark]) -> tuple[sql.Composed, 
         "states": [m.state for m in marks],
         "delays": [m.delay for m in marks],
         "errors": [m.error for m in marks],
+        "transient": [m.transient for m in marks],
     }
 
 

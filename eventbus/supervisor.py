@@ -16,19 +16,21 @@ import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from django.db import connections
 
-from eventbus import metrics
-from eventbus.worker import Worker, WorkerOptions
+from eventbus import metrics, sql
+from eventbus.liveness import Liveness
+from eventbus.worker import Worker, WorkerOptions, worker_host
 
 log = logging.getLogger("eventbus.supervisor")
 
 _mp = multiprocessing.get_context("fork")
 
 
-def _worker_main(options: WorkerOptions) -> None:
-    worker = Worker(options)
+def _worker_main(options: WorkerOptions, cells: Any) -> None:
+    worker = Worker(options, Liveness(cells))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         worker.request_stop()
@@ -39,13 +41,22 @@ def _worker_main(options: WorkerOptions) -> None:
 
 
 class Supervisor:
-    def __init__(self, processes: int, options: WorkerOptions, shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        processes: int,
+        options: WorkerOptions,
+        shutdown_timeout: float,
+        hang_grace: float = 30.0,
+    ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
         self.processes = processes
         self.options = options
         self.shutdown_timeout = shutdown_timeout
+        self.hang_grace = hang_grace
         self._slots: list[BaseProcess | None] = [None] * processes
+        self._liveness = [Liveness() for _ in range(processes)]
+        self.restarts = 0  # workers that died or were killed, since start
         self._started_at: list[float] = [0.0] * processes
         self._restart_delay: list[float] = [0.0] * processes
         self._stopping = False
@@ -69,14 +80,20 @@ class Supervisor:
             if self._stopping:
                 break
             for slot, process in enumerate(self._slots):
+                if process is not None and process.is_alive():
+                    self._kill_if_hung(slot, process)
                 if process is not None and not process.is_alive():
                     self._restart(slot, process)
         return self._shutdown()
 
     def _start(self, slot: int) -> None:
         connections.close_all()  # a forked child must not share the parent's sockets
+        self._liveness[slot].idle()
         process = _mp.Process(
-            target=_worker_main, args=(self.options,), name=f"worker-{slot}", daemon=False
+            target=_worker_main,
+            args=(self.options, self._liveness[slot].cells),
+            name=f"worker-{slot}",
+            daemon=False,
         )
         process.start()
         self._slots[slot] = process
@@ -85,10 +102,28 @@ class Supervisor:
     def workers_alive(self) -> int:
         return sum(1 for p in self._slots if p is not None and p.is_alive())
 
+    def _kill_if_hung(self, slot: int, process: BaseProcess) -> None:
+        """A worker silent beyond its handler's timeout plus the grace is stuck (a
+        half-open connection, a C call that never returns): kill it; its batch reruns."""
+        silence = self._liveness[slot].overdue(self.hang_grace)
+        if silence is None or self._stopping:
+            return
+        log.error(
+            "worker %d (pid %s) hung: no progress for %.1f s; killing it "
+            "(its events run again, counted in the crash ledger)",
+            slot,
+            process.pid,
+            silence,
+        )
+        process.kill()
+        process.join()
+
     def _restart(self, slot: int, process: BaseProcess) -> None:
         process.join()
+        self.restarts += 1
         if process.pid is not None:
             metrics.worker_exited(process.pid)
+            self._forget(process.pid)
         lived = time.monotonic() - self._started_at[slot]
         # A worker that dies at once is crash-looping (bad settings, database down): back off.
         self._restart_delay[slot] = (
@@ -106,6 +141,16 @@ class Supervisor:
             wait([self._wake_r], timeout=self._restart_delay[slot])
         if not self._stopping:
             self._start(slot)
+
+    def _forget(self, pid: int) -> None:
+        """Remove a dead worker's heartbeat row: only live workers count for health."""
+        try:
+            with connections[self.options.alias].cursor() as cursor:
+                cursor.execute(sql.FORGET_WORKER, [f"{worker_host()}:{pid}"])
+        except Exception as exc:  # the database is down: the row goes stale instead
+            log.debug("could not forget worker %s: %s", pid, exc)
+        finally:
+            connections.close_all()
 
     def _shutdown(self) -> int:
         log.info(

@@ -1,57 +1,278 @@
-"""Stop a handler that runs longer than its channel's timeout.
+"""Stop a handler that runs longer than its timeout, without corrupting the transaction.
 
-SIGALRM raises `Alarm` in the worker's main thread. `Alarm` derives from KeyboardInterrupt
-on purpose: psycopg then cancels the query in flight on the server and leaves the
-connection usable (the savepoint rolls back), and handler code that catches ``Exception``
-cannot swallow it.
+An exception raised from a signal at an arbitrary point can land inside Django's
+``Atomic.__enter__``/``__exit__`` or inside psycopg's protocol code, and leave Django's
+savepoint bookkeeping (or the wire protocol) out of step with the server. That used to
+crash-loop workers. So nothing is ever raised into arbitrary code. When time is up:
+
+- a handler waiting on a **query** gets the query cancelled on the server; psycopg then
+  raises ``QueryCanceled`` from the query call, an ordinary error that Django's atomic
+  blocks unwind correctly;
+- a handler running **Python** gets `Deadline` raised where it stands, but only when no
+  frame between it and the executor belongs to Django's transaction or backend code or to
+  psycopg; otherwise it is raised at the next line of handler code (a trace function,
+  installed only once time is up).
+
+On the main thread the clock is ``SIGALRM`` (one system call per attempt). Off the main
+thread (several handler threads per process) a watchdog thread polls the armed limits,
+cancels queries the same way, and raises `Deadline` in the handler's thread with
+``PyThreadState_SetAsyncExc`` only while that thread is executing handler bytecode, so the
+exception surfaces exactly there. A thread blocked in a C call other than a query (a
+socket read with no timeout) is interrupted when the call returns; one that never returns
+is found by the supervisor's hang detection.
+
+The executor still checks the connection's transaction state after every attempt and
+never commits on a connection whose state is unknown (``eventbus.executor``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import dis
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
+
+RECHECK = 0.05  # seconds between further interruptions once a deadline has passed
+RECANCEL = 1.0  # seconds before a query that ignored a cancel is cancelled again
+WATCH_TICK = 0.01  # the watchdog's polling period (threads only)
+
+# Code that must never see an exception raised from outside: it keeps state in step with
+# the server (savepoints, autocommit, the wire protocol).
+_UNSAFE_PATHS = (
+    "/django/db/transaction.py",
+    "/django/db/backends/",
+    "/django/db/utils.py",
+    "/psycopg/",
+    "/psycopg_binary/",
+    "/eventbus/timeouts.py",
+)
+_QUERY_PATHS = ("/psycopg/", "/psycopg_binary/")
+_CALLS = {dis.opmap[name] for name in ("CALL", "PRECALL", "CALL_FUNCTION_EX") if name in dis.opmap}
 
 
-class Alarm(KeyboardInterrupt):
-    pass
+class Deadline(BaseException):
+    """Raised into a handler whose time is up. A BaseException: ``except Exception`` in
+    handler code cannot swallow it. The executor reports it as ``HandlerTimeout``."""
 
 
-def _raise_alarm(signum: int, frame: FrameType | None) -> None:
-    raise Alarm
+@dataclass(eq=False)
+class Limit:
+    """One armed time limit: a handler call running on `thread_id` above `boundary`."""
+
+    seconds: float
+    deadline: float
+    thread_id: int
+    boundary: FrameType | None
+    cancel: Callable[[], Any] | None
+    fired: bool = False  # the deadline passed while the call ran
+    active: bool = True
+    cancelled_at: float = 0.0
+    tracing: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-@contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise `Alarm` inside the block after `seconds` (no limit off the main thread)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
+def _path(frame: FrameType) -> str:
+    return frame.f_code.co_filename.replace("\\", "/")
+
+
+def classify(frame: FrameType | None, boundary: FrameType | None) -> str:
+    """Where a thread stands, from its innermost frame out to the executor's frame.
+
+    ``query``: inside psycopg (waiting on the server); ``unsafe``: inside Django's
+    transaction or backend code; ``safe``: handler code only; ``outside``: the thread is
+    no longer in the handler call.
+    """
+    where = "safe"
+    while frame is not None and frame is not boundary:
+        path = _path(frame)
+        if any(p in path for p in _QUERY_PATHS):
+            return "query"
+        if any(p in path for p in _UNSAFE_PATHS):
+            where = "unsafe"
+        frame = frame.f_back
+    return where if frame is boundary or boundary is None else "outside"
+
+
+def _cancel(limit: Limit) -> None:
+    now = time.monotonic()
+    if limit.cancel is None or now - limit.cancelled_at < RECANCEL:
         return
-    if signal.getsignal(signal.SIGALRM) is not _raise_alarm:  # once per process
-        signal.signal(signal.SIGALRM, _raise_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+    limit.cancelled_at = now
+    with contextlib.suppress(Exception):  # a gone connection runs no query either
+        limit.cancel()
+
+
+# --- Main thread: SIGALRM --------------------------------------------------------------
+
+_main_limit: Limit | None = None
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    limit = _main_limit
+    if limit is None or not limit.active:
+        return
+    limit.fired = True
+    where = classify(frame, limit.boundary)
+    if where == "outside":
+        return
+    signal.setitimer(signal.ITIMER_REAL, RECHECK)  # look again until the call ends
+    if where == "query":
+        _cancel(limit)
+    elif where == "safe":
+        raise Deadline
+    elif not limit.tracing:
+        _trace_to_safe_point(limit, frame)
+
+
+def _trace_to_safe_point(limit: Limit, frame: FrameType | None) -> None:
+    """Raise `Deadline` at the next line that runs in handler code, not before."""
+
+    def tracer(f: FrameType, event: str, arg: Any) -> Any:
+        if not limit.active:
+            sys.settrace(None)
+            return None
+        if event == "line" and classify(f, limit.boundary) == "safe":
+            sys.settrace(None)
+            limit.tracing = False
+            raise Deadline
+        return tracer
+
+    limit.tracing = True
+    while frame is not None and frame is not limit.boundary:
+        frame.f_trace = tracer
+        frame = frame.f_back
+    sys.settrace(tracer)
 
 
 @contextmanager
-def armed_timer() -> Iterator[None]:
-    """For a loop of handler calls: `rearm()` before each, disarmed once at the end."""
-    main = threading.current_thread() is threading.main_thread()
-    if main and signal.getsignal(signal.SIGALRM) is not _raise_alarm:
-        signal.signal(signal.SIGALRM, _raise_alarm)
+def _main_thread_limit(limit: Limit) -> Iterator[Limit]:
+    global _main_limit
+    if signal.getsignal(signal.SIGALRM) is not _on_alarm:  # once per process
+        signal.signal(signal.SIGALRM, _on_alarm)
+    _main_limit = limit
+    signal.setitimer(signal.ITIMER_REAL, limit.seconds)
     try:
-        yield
+        yield limit
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        limit.active = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _main_limit = None
+        if limit.tracing:
+            sys.settrace(None)
+            limit.tracing = False
 
 
-def rearm(seconds: float | None) -> None:
-    """Start the clock for the next handler call (one system call; 0 disarms)."""
+# --- Other threads: a watchdog ---------------------------------------------------------
+
+
+class _Watchdog:
+    """One daemon thread per process that enforces the limits of non-main threads."""
+
+    def __init__(self) -> None:
+        self._limits: set[Limit] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, limit: Limit) -> None:
+        with self._lock:
+            self._limits.add(limit)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="eventbus-watchdog")
+                self._thread.daemon = True
+                self._thread.start()
+        self._wake.set()
+
+    def remove(self, limit: Limit) -> None:
+        with self._lock:
+            self._limits.discard(limit)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                limits = list(self._limits)
+            if not limits:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            now = time.monotonic()
+            frames = sys._current_frames() if any(now >= x.deadline for x in limits) else {}
+            for limit in limits:
+                if now >= limit.deadline:
+                    self._enforce(limit, frames.get(limit.thread_id))
+            time.sleep(WATCH_TICK)
+
+    @staticmethod
+    def _enforce(limit: Limit, frame: FrameType | None) -> None:
+        with limit.lock:
+            if not limit.active:
+                return
+            limit.fired = True
+            where = classify(frame, limit.boundary)
+            if where == "query":
+                _cancel(limit)
+            elif where == "safe" and frame is not None and not _in_c_call(frame):
+                _async_raise(limit.thread_id, Deadline)
+
+
+def _in_c_call(frame: FrameType) -> bool:
+    """The innermost Python frame is at a call instruction: the thread is inside C code,
+    and an exception set now would surface after the call returns, wherever that is."""
+    code = frame.f_code.co_code
+    return 0 <= frame.f_lasti < len(code) and code[frame.f_lasti] in _CALLS
+
+
+def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
+    target = ctypes.py_object(exc) if exc is not None else ctypes.py_object()
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), target)
+
+
+_watchdog = _Watchdog()
+
+
+@contextmanager
+def _thread_limit(limit: Limit) -> Iterator[Limit]:
+    _watchdog.add(limit)
+    try:
+        yield limit
+    finally:
+        with limit.lock:
+            limit.active = False
+        _watchdog.remove(limit)
+        if limit.fired:  # drop a Deadline set but not yet delivered
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(limit.thread_id), None)
+
+
+# --- The API ---------------------------------------------------------------------------
+
+
+@contextmanager
+def time_limit(
+    seconds: float | None,
+    cancel: Callable[[], Any] | None = None,
+    boundary: FrameType | None = None,
+) -> Iterator[Limit | None]:
+    """Stop the block after `seconds` (see the module docstring for how).
+
+    `cancel` cancels the query running on the handler's connection; `boundary` is the
+    frame that calls the handler (frames above it are handler code). Yields the `Limit`,
+    whose ``fired`` tells afterwards whether time ran out.
+    """
+    if not seconds:
+        yield None
+        return
+    limit = Limit(seconds, time.monotonic() + seconds, threading.get_ident(), boundary, cancel)
     if threading.current_thread() is threading.main_thread():
-        signal.setitimer(signal.ITIMER_REAL, seconds or 0)
+        with _main_thread_limit(limit):
+            yield limit
+    else:
+        with _thread_limit(limit):
+            yield limit

@@ -23,7 +23,10 @@ from django.db import connections
 
 from eventbus import maintenance, metrics, registry, sql
 from eventbus.channel import notify_channel
+from eventbus.connections import add_keepalives
 from eventbus.executor import Executor
+from eventbus.ledger import LedgerUnavailable
+from eventbus.liveness import Liveness
 from eventbus.notifier import Notifier
 from eventbus.sql import Scope
 
@@ -39,7 +42,9 @@ CONNECTION_ERRORS = (
     db.OperationalError,
     db.InterfaceError,
     ListenConnectionSilent,
+    LedgerUnavailable,
 )
+BEAT_INTERVAL = 1.0  # seconds between progress beats to the supervisor while idle
 
 
 @dataclass(frozen=True)
@@ -54,15 +59,23 @@ class WorkerOptions:
     purge_interval: float = 60.0
 
 
+def worker_host() -> str:
+    return socket.gethostname()
+
+
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{worker_host()}:{os.getpid()}"
 
 
 class Worker:
-    def __init__(self, options: WorkerOptions) -> None:
+    def __init__(self, options: WorkerOptions, liveness: Liveness | None = None) -> None:
         self.options = options
         self.name = worker_name()
-        self.executor = Executor(self.name, options.alias)
+        self.liveness = liveness or Liveness()
+        add_keepalives(connections[options.alias])
+        self.executor = Executor(
+            self.name, options.alias, should_stop=lambda: self._stopping, liveness=self.liveness
+        )
         self.scope = Scope(
             channels=options.channels, ordered_channels=tuple(registry.ordered_channel_names())
         )
@@ -99,16 +112,25 @@ class Worker:
                     health = Health(self.options.health_interval)
                     self._name_claim_connection()
                     self.drain()
+                    next_poll = time.monotonic() + self.options.poll_interval
                     while not self._stopping:
+                        self.liveness.beat()
                         if health.ping_due():
                             self._ping()
                             health.sent()
-                        timeout = min(self.options.poll_interval, health.seconds_to_deadline())
-                        if self.ping_channel in notifier.wait(timeout, self._wake_r):
+                        timeout = min(
+                            next_poll - time.monotonic(),
+                            health.seconds_to_deadline(),
+                            BEAT_INTERVAL,
+                        )
+                        woken = notifier.wait(timeout, self._wake_r)
+                        if self.ping_channel in woken:
                             health.answered()
                         health.check()  # raises ListenConnectionSilent
                         self._stop_if_orphaned()
-                        self.drain()
+                        if woken or time.monotonic() >= next_poll:
+                            self.drain()
+                            next_poll = time.monotonic() + self.options.poll_interval
                         self._purge_if_due()
             except CONNECTION_ERRORS as exc:
                 if self._stopping:
@@ -124,6 +146,20 @@ class Worker:
                 self._close_claim_connection()
                 self._sleep(delay)
                 delay = min(delay * 2, self.options.reconnect_max_delay)
+            except Exception as exc:  # a bug or an unforeseen error: never a dead worker
+                if self._stopping:
+                    break
+                log.exception(
+                    "worker %s: unexpected error (%s); starting over in %.1f s",
+                    self.name,
+                    type(exc).__name__,
+                    delay,
+                )
+                self._close_claim_connection()
+                self._sleep(delay)
+                delay = min(delay * 2, self.options.reconnect_max_delay)
+        with contextlib.suppress(Exception):
+            self.executor.close()
         self._forget()
         self._close_claim_connection()
         log.info("worker %s stopped", self.name)
@@ -132,11 +168,13 @@ class Worker:
         """Claim and handle batches until the scope is empty or a stop is requested."""
         total = 0
         while not self._stopping:
+            self.liveness.beat()
             self._heartbeat_if_due()  # a long drain must not look like a dead worker
             outcomes = self.executor.run_batch(self.scope, self.options.batch_size)
             if not outcomes:  # not "fewer than a batch": ordered keys release one at a time
                 break
             total += len(outcomes)
+        self.executor.idle()
         return total
 
     def _purge_if_due(self) -> None:
@@ -190,8 +228,9 @@ class Worker:
             pass
 
     def _close_claim_connection(self) -> None:
-        with contextlib.suppress(CONNECTION_ERRORS):
+        with contextlib.suppress(Exception):
             connections[self.options.alias].close()
+        self.executor.ledger.close()
 
     def _sleep(self, seconds: float) -> None:
         select.select([self._wake_r], [], [], seconds)

@@ -7,8 +7,17 @@ import pytest
 from django.contrib.auth.models import User
 
 from blog.models import Post
+from eventbus import ledger
 from listeners import mail
 from tests.support import Listener, SMTPServer, manage_env
+
+
+@pytest.fixture(autouse=True)
+def _close_crash_ledgers() -> Iterator[None]:
+    """In-process executors keep a second connection (the crash ledger); close it so the
+    test database can be dropped."""
+    yield
+    ledger.close_all()
 
 
 @pytest.fixture

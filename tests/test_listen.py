@@ -261,6 +261,6 @@ def test_a_listener_started_before_migrations_says_to_migrate() -> None:
             )
     assert result.returncode == 1
     assert (
-        f"database '{name}' lacks the tables eventbus_event, eventbus_worker: "
+        f"database '{name}' lacks the tables eventbus_event, eventbus_worker, eventbus_inflight: "
         "run ./manage.py migrate before starting listeners"
     ) in result.stderr

@@ -91,6 +91,7 @@ def _step(event: Event) -> None:
 
 
 MAX_ATTEMPTS = 4
+TRANSIENT_RETRIES = 2
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -102,7 +103,7 @@ class EventLifecycle(RuleBasedStateMachine):
         self.record = EventRecord.objects.create(
             channel="test_stepped", operation="INSERT", table_name="x", new={}
         )
-        self.state, self.attempts, self.errors = "pending", 0, 0
+        self.state, self.attempts, self.errors, self.transients = "pending", 0, 0, 0
 
     def _run(self, scope: Scope) -> list:
         EventRecord.objects.filter(pk=self.record.pk).update(run_after=EPOCH)  # due now
@@ -118,10 +119,13 @@ class EventLifecycle(RuleBasedStateMachine):
             self.state = "done"
         else:
             self.errors += 1
-            if outcome == "give_up" or self.attempts >= MAX_ATTEMPTS:
+            if outcome == "give_up":
                 self.state = "dead"
-            elif outcome == "transient":
+            elif outcome == "transient" and self.transients < TRANSIENT_RETRIES:
+                self.transients += 1  # backs off, but uses up no attempt
                 self.state = "pending"
+            elif self.attempts - self.transients >= MAX_ATTEMPTS:
+                self.state = "dead"
             else:
                 self.state = "failed"
         assert result.status == self.state
@@ -157,7 +161,10 @@ def test_the_event_state_machine_holds_through_the_real_executor() -> None:
     from hypothesis.stateful import run_state_machine_as_test
 
     with override_settings(
-        EVENTBUS={"RETRY": {"max_attempts": MAX_ATTEMPTS, "base_delay": 0, "jitter": False}}
+        EVENTBUS={
+            "RETRY": {"max_attempts": MAX_ATTEMPTS, "base_delay": 0, "jitter": False},
+            "TRANSIENT_RETRIES": TRANSIENT_RETRIES,
+        }
     ):
         run_state_machine_as_test(
             EventLifecycle,

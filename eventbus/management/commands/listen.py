@@ -9,7 +9,7 @@ from django.db import OperationalError, connections
 
 from eventbus import conf, logs, metrics, sql, status
 from eventbus.management.commands import _options
-from eventbus.models import EventRecord, WorkerRecord
+from eventbus.models import EventRecord, InflightRecord, WorkerRecord
 from eventbus.supervisor import Supervisor
 from eventbus.worker import WorkerOptions
 
@@ -68,7 +68,12 @@ class Command(BaseCommand):
         )
         logs.configure(options["log_format"])
         _require_migrated(settings.DATABASE_ALIAS)
-        supervisor = Supervisor(options["processes"], worker_options, settings.SHUTDOWN_TIMEOUT)
+        supervisor = Supervisor(
+            options["processes"],
+            worker_options,
+            settings.SHUTDOWN_TIMEOUT,
+            hang_grace=settings.HANG_GRACE,
+        )
         if options["metrics_port"]:
             metrics.enable()  # before the workers fork, so they count into shared files
             metrics.serve(
@@ -88,7 +93,7 @@ def _require_migrated(alias: str) -> None:
     """
     try:
         with connections[alias].cursor() as cursor:
-            needed = [EventRecord._meta.db_table, WorkerRecord._meta.db_table]
+            needed = [m._meta.db_table for m in (EventRecord, WorkerRecord, InflightRecord)]
             cursor.execute(sql.MISSING_TABLES, [needed])
             missing = [row[0] for row in cursor.fetchall()]
     except OperationalError:
