@@ -267,3 +267,14 @@ HEALTH = sql.SQL(
 
 # Which of the given tables migrations have not created yet.
 MISSING_TABLES = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL"
+
+
+# --- Coverage: runnable events that no live listener handles (eventbus.wiring) ---------
+
+# Heartbeat that also refreshes the channels: a crashed worker's row stays behind, and a
+# later worker with the same host:pid (a restarted container) may handle other channels.
+HEARTBEAT_WITH_CHANNELS = sql.SQL(
+    "INSERT INTO {workers} (name, host, pid, channels, started_at, last_seen) "
+    "VALUES (%s, %s, %s, %s, now(), now()) "
+    "ON CONFLICT (name) DO UPDATE SET last_seen = now(), channels = EXCLUDED.channels"
+).format(workers=WORKERS)
