@@ -1,18 +1,23 @@
-"""Which channels this process can handle.
+"""Which channels this process can handle, and which waiting events nobody handles.
 
 A listener claims only the channels it has a handler for. During a rolling deploy an
 older release therefore leaves a newer channel's events pending for the listeners that
-know it, instead of making them dead. Each worker's heartbeat row lists its channels.
+know it, instead of making them dead. Each worker's heartbeat row lists its channels, so
+the coverage report can name the events that no live listener handles.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from django.core import checks
+from django.db import connections
 
-from eventbus import conf, registry
+from eventbus import conf, registry, sql
+from eventbus.connections import connection_params
 
 SETTING = 'EVENTBUS["LISTENER_MODULES"]'
 
@@ -67,3 +72,39 @@ def check_handlers(**kwargs: Any) -> list[checks.CheckMessage]:
             id="eventbus.W001",
         )
     ]
+
+
+@dataclass(frozen=True)
+class Unhandled:
+    """Runnable events of a channel that no live listener handles."""
+
+    channel: str
+    count: int
+    waited: float  # seconds the oldest due one has waited
+
+    def __str__(self) -> str:
+        noun = "event" if self.count == 1 else "events"
+        return f"channel {self.channel}: {self.count} {noun}, no handler in any running listener"
+
+
+def live_window() -> float:
+    """How recent a heartbeat must be to count: three missed beats, as health's default."""
+    return 3 * conf.get().HEALTH_INTERVAL
+
+
+def unhandled(alias: str = "default", live_within: float | None = None) -> list[Unhandled]:
+    """Channels with runnable events that no worker seen within `live_within` s handles."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(*sql.unhandled_backlog(live_within or live_window()))
+        return _rows(cursor.fetchall())
+
+
+def unhandled_direct(alias: str = "default") -> list[Unhandled]:
+    """As `unhandled`, on a short-lived connection of its own (the metrics thread)."""
+    params = connection_params(connections[alias])
+    with psycopg.connect(connect_timeout=3, **params) as conn:
+        return _rows(conn.execute(*sql.unhandled_backlog(live_window())).fetchall())
+
+
+def _rows(rows: list[tuple[Any, ...]]) -> list[Unhandled]:
+    return [Unhandled(channel, int(n), float(waited or 0)) for channel, n, waited in rows]

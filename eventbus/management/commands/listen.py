@@ -80,6 +80,9 @@ class Command(BaseCommand):
                 options["metrics_port"],
                 supervisor.workers_alive,
                 lambda: status.backlog_direct(settings.DATABASE_ALIAS),
+                unhandled=lambda: {
+                    u.channel: u.count for u in wiring.unhandled_direct(settings.DATABASE_ALIAS)
+                },
             )
         code = supervisor.run()
         if code:
