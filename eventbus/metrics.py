@@ -66,9 +66,16 @@ def worker_exited(pid: int) -> None:
 
 
 def serve(
-    port: int, workers_alive: Callable[[], int], backlog: Callable[[], dict[str, tuple[int, float]]]
+    port: int,
+    workers_alive: Callable[[], int],
+    backlog: Callable[[], dict[str, tuple[int, float]]],
+    unhandled: Callable[[], dict[str, int]] = dict,
 ) -> None:
-    """Serve /metrics on `port` from the supervisor, in a background thread."""
+    """Serve /metrics on `port` from the supervisor, in a background thread.
+
+    `unhandled`: runnable events per channel that no live listener handles (a deploy
+    half done, a listener missing its handler modules); they wait, so they need an alert.
+    """
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -97,6 +104,21 @@ def serve(
                 age.add_metric([channel], seconds)
             yield count
             yield age
+            yield self.unhandled_gauge()
+
+        def unhandled_gauge(self) -> GaugeMetricFamily:
+            gauge = GaugeMetricFamily(
+                "eventbus_unhandled_events",
+                "Runnable events of channels that no live listener handles",
+                labels=["channel"],
+            )
+            try:
+                waiting = unhandled()
+            except Exception:  # the database is down, as above
+                waiting = {}
+            for channel, n in sorted(waiting.items()):
+                gauge.add_metric([channel], n)
+            return gauge
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)

@@ -60,6 +60,10 @@ def handler_for(channel_name: str) -> Registration:
         raise UnknownChannel(f"no handler is registered for channel {channel_name!r}") from None
 
 
+def has_handler(channel_name: str) -> bool:
+    return channel_name in _handlers
+
+
 def channel(name: str) -> Channel | None:
     return _channels.get(name)
 

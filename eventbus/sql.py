@@ -342,3 +342,34 @@ HEALTH = sql.SQL(
 
 # Which of the given tables migrations have not created yet.
 MISSING_TABLES = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL"
+
+
+# --- Coverage: runnable events that no live listener handles (eventbus.wiring) ---------
+
+# Heartbeat that also refreshes the channels: a crashed worker's row stays behind, and a
+# later worker with the same host:pid (a restarted container) may handle other channels.
+HEARTBEAT_WITH_CHANNELS = sql.SQL(
+    "INSERT INTO {workers} (name, host, pid, channels, started_at, last_seen) "
+    "VALUES (%s, %s, %s, %s, now(), now()) "
+    "ON CONFLICT (name) DO UPDATE SET last_seen = now(), channels = EXCLUDED.channels"
+).format(workers=WORKERS)
+
+
+def unhandled_backlog(live_within: float) -> tuple[sql.Composed, dict[str, Any]]:
+    """Runnable events per channel that no worker seen in the last `live_within` s handles.
+
+    Rows: channel, count, seconds the oldest due one has waited. A heartbeat's channels
+    are comma-separated; ``*`` (written by releases before per-channel heartbeats, which
+    claimed every channel) covers all. Counting happens before the anti-join, so its
+    cost is that of BACKLOG, whatever the number of workers.
+    """
+    query = sql.SQL(
+        "WITH covered AS (SELECT DISTINCT unnest(string_to_array(w.channels, ',')) AS channel "
+        "FROM {workers} AS w WHERE w.last_seen > now() - make_interval(secs => %(live)s)), "
+        "backlog AS (SELECT e.channel, count(*) AS n, coalesce(extract(epoch FROM now() - "
+        "min(e.run_after) FILTER (WHERE e.run_after <= now())), 0) AS waited "
+        "FROM {table} AS e WHERE {runnable} GROUP BY e.channel) "
+        "SELECT b.channel, b.n, b.waited FROM backlog AS b WHERE NOT EXISTS "
+        "(SELECT 1 FROM covered AS c WHERE c.channel IN (b.channel, '*')) ORDER BY b.channel"
+    ).format(workers=WORKERS, table=TABLE, runnable=_in("e.state", RUNNABLE))
+    return query, {"live": live_within}

@@ -13,7 +13,6 @@ import os
 import select
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ import psycopg
 from django import db
 from django.db import connections
 
-from eventbus import maintenance, metrics, registry, sql
+from eventbus import maintenance, metrics, registry, sql, wiring
 from eventbus.channel import notify_channel
 from eventbus.connections import add_keepalives
 from eventbus.executor import Executor
@@ -49,7 +48,7 @@ BEAT_INTERVAL = 1.0  # seconds between progress beats to the supervisor while id
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    channels: tuple[str, ...] | None  # None: every channel
+    channels: tuple[str, ...] | None  # None: every channel with a handler
     batch_size: int
     poll_interval: float
     reconnect_max_delay: float = 10.0
@@ -76,8 +75,9 @@ class Worker:
         self.executor = Executor(
             self.name, options.alias, should_stop=lambda: self._stopping, liveness=self.liveness
         )
+        self.channels = wiring.handled_channels(options.channels)  # only what it can run
         self.scope = Scope(
-            channels=options.channels, ordered_channels=tuple(registry.ordered_channel_names())
+            channels=self.channels, ordered_channels=tuple(registry.ordered_channel_names())
         )
         self._stopping = False
         self._parent_pid = os.getppid()
@@ -88,8 +88,7 @@ class Worker:
 
     @property
     def notify_channels(self) -> list[str]:
-        names: Sequence[str] = self.options.channels or registry.channel_names()
-        return [notify_channel(name) for name in names] + [self.ping_channel]
+        return [notify_channel(name) for name in self.channels] + [self.ping_channel]
 
     @property
     def ping_channel(self) -> str:
@@ -210,8 +209,8 @@ class Worker:
     def _heartbeat(self, cursor: Any) -> None:
         self._last_heartbeat = time.monotonic()
         host, _, pid = self.name.rpartition(":")
-        channels = ",".join(self.options.channels or ["*"])
-        cursor.execute(sql.HEARTBEAT, [self.name, host, int(pid), channels])
+        channels = ",".join(self.channels)  # what it handles: others read coverage from it
+        cursor.execute(sql.HEARTBEAT_WITH_CHANNELS, [self.name, host, int(pid), channels])
 
     def _stop_if_orphaned(self) -> None:
         """A worker whose supervisor died (kill -9) stops instead of running unsupervised."""

@@ -17,8 +17,10 @@ from django.contrib.auth.models import User
 from django.db import connection, transaction
 from psycopg import sql
 
+import channels
 from blog.models import Comment, Post, PostTag, Tag
-from eventbus.models import EventRecord
+from eventbus import Channel
+from eventbus.models import EventRecord, WorkerRecord
 from tests.support import Listener, SMTPServer, database_url, manage, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -181,12 +183,12 @@ def test_a_raising_handler_is_recorded_and_the_worker_goes_on(
     )
     bulk_comments(post, reader, 50)
     wait_until(lambda: done_count() == 51, 30, what="the good events")
-    wait_until(lambda: EventRecord.objects.filter(state="dead").count() == 2, 30)
+    wait_until(lambda: EventRecord.objects.filter(state="dead").count() == 1, 30)
     unknown.refresh_from_db()
     malformed.refresh_from_db()
-    assert "no handler is registered for channel 'nobody_handles_this'" in unknown.last_error
+    assert (unknown.state, unknown.attempts) == ("pending", 0), "no handler here: it waits"
     assert malformed.last_error.startswith("MalformedEvent:")
-    assert (unknown.attempts, malformed.attempts) == (1, 1)
+    assert malformed.attempts == 1
     assert f"event {malformed.pk} comment_created: dead after attempt 1" in listener.log()
     assert listener.process.poll() is None, "the listener is still running"
     assert len(smtp.mailbox.snapshot()) == 50
@@ -264,3 +266,79 @@ def test_a_listener_started_before_migrations_says_to_migrate() -> None:
         f"database '{name}' lacks the tables eventbus_event, eventbus_worker, eventbus_inflight: "
         "run ./manage.py migrate before starting listeners"
     ) in result.stderr
+
+
+# A channel only the next release declares and handles (tests/release_two.py). This test
+# process never imports it; listeners started with NEW_RELEASE do.
+NEW_CHANNEL = "release_two_shipped"
+NEW_RELEASE = {"EVENTBUS_LISTENER_MODULES": "listeners,tests.release_two"}
+SITE_CHANNELS = sorted(c.name for c in vars(channels).values() if isinstance(c, Channel))
+
+
+def publish_raw(channel: str) -> EventRecord:
+    """An event as the new release's code would publish it."""
+    return EventRecord.objects.create(channel=channel, operation="PUBLISH", table_name="", new={})
+
+
+def test_a_listener_of_an_older_release_leaves_a_newer_channels_events_pending(
+    start_listener: StartListener, author: User
+) -> None:
+    """Rolling deploy: new code writes events of a channel the old listeners do not know.
+    They wait for a listener that handles them instead of dying as UnknownChannel."""
+    start_listener("--processes", "2", workers=2)
+    shipped = publish_raw(NEW_CHANNEL)
+    Post.objects.create(title="after", body="a b", author=author)  # a newer, known event
+    wait_until(
+        lambda: EventRecord.objects.filter(channel="post_created", state="done").exists(),
+        30,
+        what="the old listener to handle the post",
+    )
+    shipped.refresh_from_db()
+    assert (shipped.state, shipped.attempts, shipped.last_error) == ("pending", 0, None)
+    assert set(WorkerRecord.objects.values_list("channels", flat=True)) == {
+        ",".join(SITE_CHANNELS)
+    }, "each heartbeat lists the channels its worker handles"
+
+    start_listener(env_extra=NEW_RELEASE, workers=1)
+    wait_until(
+        lambda: EventRecord.objects.filter(pk=shipped.pk, state="done").exists(),
+        30,
+        what="the new release's listener to handle the new channel's event",
+    )
+    assert Tag.objects.filter(name=f"release-two-{shipped.pk}").exists()
+    assert ",".join(sorted([*SITE_CHANNELS, NEW_CHANNEL])) in set(
+        WorkerRecord.objects.values_list("channels", flat=True)
+    )
+
+
+def test_a_listener_refuses_to_start_without_handlers_and_check_warns(
+    start_listener: StartListener,
+) -> None:
+    """A project that declares channels but forgets to list its handler modules is told
+    so before any event is touched, by `listen` and by `manage.py check`."""
+    unwired = {"EVENTBUS_LISTENER_MODULES": "tests.release_two"}  # the site's listeners forgotten
+    refused = manage("listen", env=unwired, timeout=30)
+    assert refused.returncode == 1
+    missing = ", ".join(SITE_CHANNELS)
+    assert f"no handler is registered for channel(s) {missing}" in refused.stderr
+    assert 'EVENTBUS["LISTENER_MODULES"]' in refused.stderr
+
+    partial = manage("listen", "--channels", NEW_CHANNEL, "comment_created", env=unwired)
+    assert partial.returncode == 1
+    assert "no handler is registered for channel(s) comment_created:" in partial.stderr
+
+    warned = manage("check", env=unwired)
+    assert warned.returncode == 0, warned.stderr
+    report = warned.stdout + warned.stderr
+    assert f"(eventbus.W001) declared channels have no handler: {missing}" in report
+    assert 'EVENTBUS["LISTENER_MODULES"]' in report
+    wired = manage("check")
+    assert "eventbus.W001" not in wired.stdout + wired.stderr
+
+    start_listener("--channels", NEW_CHANNEL, env_extra=unwired, workers=1)
+    shipped = publish_raw(NEW_CHANNEL)
+    wait_until(
+        lambda: EventRecord.objects.filter(pk=shipped.pk, state="done").exists(),
+        30,
+        what="a listener limited to the channels it has handlers for to run",
+    )

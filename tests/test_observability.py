@@ -20,7 +20,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from blog.models import Post, PostTag, Tag
-from eventbus.models import EventRecord
+from eventbus.models import EventRecord, WorkerRecord
 from tests.support import ROOT, Listener, free_port, manage, manage_env, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -133,6 +133,53 @@ def test_the_health_command_reports_listener_and_backlog(
 
     assert listener.terminate() == 0
     assert health("--skip-backlog").returncode == 1, "a clean stop removes the heartbeats"
+
+
+NEW_CHANNEL = "release_two_shipped"  # declared only by tests/release_two.py
+NEW_RELEASE = {"EVENTBUS_LISTENER_MODULES": "listeners,tests.release_two"}
+
+
+def unhandled_line(channel: str, n: int) -> str:
+    events = "1 event" if n == 1 else f"{n} events"
+    return f"channel {channel}: {events}, no handler in any running listener"
+
+
+def test_health_events_and_metrics_name_the_channels_no_running_listener_handles(
+    start_listener: StartListener,
+) -> None:
+    """Events that wait because no live listener handles their channel (a rolling deploy
+    half done, a listener started with too few --channels) are visible, not silent."""
+    port = free_port()
+    start_listener("--channels", "post_created", "--metrics-port", str(port), workers=1)
+    for channel in (NEW_CHANNEL, NEW_CHANNEL, NEW_CHANNEL, "comment_created"):
+        EventRecord.objects.create(channel=channel, operation="PUBLISH", table_name="", new={})
+    assert set(WorkerRecord.objects.values_list("channels", flat=True)) == {"post_created"}
+
+    ok = health()
+    assert ok.returncode == 0, "by default a coverage gap warns: it does not fail a probe"
+    assert f"warning: {unhandled_line('comment_created', 1)}; " in ok.stdout
+    assert unhandled_line(NEW_CHANNEL, 3) in ok.stdout
+    strict = health("--fail-unhandled")
+    assert strict.returncode == 1
+    assert strict.stderr.startswith(f"unhealthy: {unhandled_line('comment_created', 1)}; ")
+    listing = manage("events")
+    assert listing.returncode == 0, listing.stderr
+    assert unhandled_line(NEW_CHANNEL, 3) in listing.stderr
+    m = scrape(port)
+    assert value(m, "eventbus_unhandled_events", channel=NEW_CHANNEL) == 3
+    assert value(m, "eventbus_unhandled_events", channel="comment_created") == 1
+    assert value(m, "eventbus_unhandled_events", channel="post_created") == 0
+
+    start_listener("--channels", NEW_CHANNEL, env_extra=NEW_RELEASE, workers=1)
+    wait_until(
+        lambda: not EventRecord.objects.filter(channel=NEW_CHANNEL).exclude(state="done"),
+        30,
+        what="the new release's listener to handle its channel",
+    )
+    assert value(scrape(port), "eventbus_unhandled_events", channel=NEW_CHANNEL) == 0
+    after = health("--fail-unhandled")
+    assert NEW_CHANNEL not in after.stderr
+    assert after.stderr.strip() == f"unhealthy: {unhandled_line('comment_created', 1)}"
 
 
 def test_json_logs_carry_event_id_channel_attempt_and_duration(

@@ -28,6 +28,11 @@ slow_query = Channel("test_slow_query", timeout=0.3)
 declared_policy = Channel("test_declared_policy", retry=RetryPolicy(max_attempts=3, base_delay=7))
 
 
+@declared_policy.on  # a declared channel without a handler would fail `manage.py check`
+def _declared_policy(event: Event) -> None:
+    pass
+
+
 @not_ready.on
 def _not_ready(event: Event) -> None:
     raise RetryLater("the order row is not visible yet", delay=30)

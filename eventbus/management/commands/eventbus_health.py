@@ -2,6 +2,11 @@
 
 Healthy when a worker has sent a heartbeat recently (workers heartbeat every
 HEALTH_INTERVAL seconds, also while draining) and no due event has waited too long.
+
+Events of a channel that no live listener (on any host) handles only warn by default: a
+probe that failed for them would restart listeners that are fine, which cannot help.
+Such events still fail the backlog age check once they wait too long, and
+``--fail-unhandled`` makes them fail at once, for a monitor that watches the cluster.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError, connections
 
-from eventbus import conf, sql, status
+from eventbus import conf, sql, status, wiring
 
 
 class Command(BaseCommand):
@@ -41,6 +46,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--skip-backlog", action="store_true", help="liveness only: ignore the backlog"
         )
+        parser.add_argument(
+            "--fail-unhandled",
+            action="store_true",
+            help="fail when runnable events have a channel that no live listener on any host "
+            "handles (default: a warning in the ok line)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         ok, line = self.evaluate(options)
@@ -60,6 +71,12 @@ class Command(BaseCommand):
                 )
                 alive, newest = cursor.fetchone()
             backlog = {} if options["skip_backlog"] else status.backlog(alias)
+            fail_unhandled = options.get("fail_unhandled", False)
+            gaps = (
+                wiring.unhandled(alias, options["max_silence"])
+                if fail_unhandled or not options["skip_backlog"]
+                else []
+            )
         except DatabaseError as exc:
             return False, f"unhealthy: database unreachable: {str(exc).strip().splitlines()[0]}"
         if not alive:
@@ -67,15 +84,21 @@ class Command(BaseCommand):
                 f"unhealthy: no worker {where} sent a heartbeat in the last "
                 f"{options['max_silence']:g} s"
             )
+        gap_report = "; ".join(map(str, gaps))
+        if gaps and fail_unhandled:
+            return False, f"unhealthy: {gap_report}"
         worst = max(backlog.items(), key=lambda item: item[1][1], default=None)
         if worst and worst[1][1] > options["max_backlog_age"]:
             channel, (count, age) = worst
+            unhandled = channel in {gap.channel for gap in gaps}
+            nobody = "; no running listener handles it" if unhandled else ""
             return False, (
                 f"unhealthy: the oldest due {channel} event has waited {age:.0f} s "
-                f"(> {options['max_backlog_age']:g} s; {count} runnable)"
+                f"(> {options['max_backlog_age']:g} s; {count} runnable){nobody}"
             )
         oldest = f"{worst[1][1]:.1f} s" if worst else "none due"
+        warning = f"; warning: {gap_report}" if gaps else ""
         return True, (
             f"ok: {alive} worker(s) alive {where} (newest heartbeat {newest:.1f} s "
-            f"ago); oldest due event: {oldest}"
+            f"ago); oldest due event: {oldest}{warning}"
         )

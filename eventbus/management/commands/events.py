@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from eventbus import conf, maintenance, status
+from eventbus import conf, maintenance, status, wiring
 from eventbus.event import RUNNABLE, STATES
 from eventbus.management.commands import _options
 from eventbus.models import EventRecord
@@ -90,6 +90,7 @@ class Command(BaseCommand):
         if options["json"]:
             for row in rows:
                 self.stdout.write(json.dumps(row))
+            self.report_unhandled(channels)
             return
         self.stdout.write("  ".join(name.ljust(width) for name, width in COLUMNS).rstrip())
         for row in rows:
@@ -105,6 +106,13 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(cells).rstrip())
         if not rows:
             self.stdout.write("(no events)")
+        self.report_unhandled(channels)
+
+    def report_unhandled(self, channels: tuple[str, ...] | None) -> None:
+        """Name waiting events that no live listener handles; stderr keeps --json clean."""
+        for gap in wiring.unhandled(conf.get().DATABASE_ALIAS):
+            if channels is None or gap.channel in channels:
+                self.stderr.write(str(gap))
 
     def retry(self, options: dict[str, Any]) -> None:
         ids = tuple(options["ids"]) or None

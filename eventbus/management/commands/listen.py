@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, connections
 
-from eventbus import conf, logs, metrics, sql, status
+from eventbus import conf, logs, metrics, sql, status, wiring
 from eventbus.management.commands import _options
 from eventbus.models import EventRecord, InflightRecord, WorkerRecord
 from eventbus.supervisor import Supervisor
@@ -56,8 +56,13 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1")
         if options["poll_interval"] <= 0:
             raise CommandError("--poll-interval must be positive")
+        channels = _options.channels(options["channels"])
+        try:
+            wiring.require_handlers(channels)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         worker_options = WorkerOptions(
-            channels=_options.channels(options["channels"]),
+            channels=channels,
             batch_size=options["batch_size"],
             poll_interval=options["poll_interval"],
             reconnect_max_delay=settings.RECONNECT_MAX_DELAY,
@@ -80,6 +85,9 @@ class Command(BaseCommand):
                 options["metrics_port"],
                 supervisor.workers_alive,
                 lambda: status.backlog_direct(settings.DATABASE_ALIAS),
+                unhandled=lambda: {
+                    u.channel: u.count for u in wiring.unhandled_direct(settings.DATABASE_ALIAS)
+                },
             )
         code = supervisor.run()
         if code:
