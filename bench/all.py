@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENARIOS = ("throughput", "latency", "write_cost", "memory", "email_e2e")
+SCENARIOS = ("throughput", "latency", "write_cost", "memory", "subtransactions", "email_e2e")
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ import psycopg
 
 from bench.database import ROOT, fresh_database
 
-BENCH_DB = "eventbus_bench"
+# Two people benchmarking on one server would drop each other's database: name your own.
+BENCH_DB = os.environ.get("EVENTBUS_BENCH_DATABASE", "eventbus_bench")
 
 
 def setup() -> str:
@@ -100,14 +101,22 @@ def _workers_seen(url: str) -> int:
         return int(conn.execute("SELECT count(*) FROM eventbus_worker").fetchone()[0])
 
 
-def report(scenario: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
-    """Print the figures as a table, then as one JSON line."""
+def report(
+    scenario: str,
+    columns: Sequence[str],
+    rows: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> None:
+    """Print the figures as a table and `notes`, then one JSON line (with `extra` keys)."""
     widths = [max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in columns]
     print(f"\n== {scenario} ==")
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
         print("  ".join(_fmt(row[c]).rjust(w) for c, w in zip(columns, widths, strict=True)))
-    print(json.dumps({"scenario": scenario, "results": rows}))
+    for note in notes:
+        print(note)
+    print(json.dumps({"scenario": scenario, "results": rows, **(extra or {})}))
 
 
 def _fmt(value: Any) -> str:

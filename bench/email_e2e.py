@@ -18,6 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import BENCH_DB
 from bench.database import ROOT, fresh_database
 
 
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
 
-    url = fresh_database("eventbus_bench")
+    url = fresh_database(BENCH_DB)
     from django.contrib.auth.models import User
 
     from blog.models import Comment, Post
