@@ -40,7 +40,6 @@ class Summary:
     still_failed: int = 0  # failed or dead, in scope, at the end
     still_pending: int = 0  # pending in scope at the end: held back, or left by a transient error
     in_flight: int = 0  # pending in scope but held by a listener right now: it finishes them
-    passes: int = 0
 
     @property
     def unhandled(self) -> int:
@@ -93,7 +92,6 @@ def replay(
     pass_scope: sql.Scope | None = bounded
     while pass_scope is not None:
         outcomes = _one_pass(executor, pass_scope, batch_size, on_batch)
-        summary.passes += 1
         for outcome in outcomes:
             attempted[outcome.event_id] = outcome.status
             summary.outcomes[(outcome.channel, "handled" if outcome.ok else outcome.status)] += 1
