@@ -2,33 +2,49 @@
 
 Because replay claims with ``FOR UPDATE SKIP LOCKED`` exactly as listeners do, it is safe
 to run while listeners run: an event a listener holds is skipped here and finished there,
-and every event is still handled once. Replay walks ids upwards and stops at the newest id
-that existed when it began, so a handler that keeps failing cannot loop it.
+and every event is still handled once.
+
+A replay walks ids upwards in passes and never looks past the newest id that existed when
+it began. An event of an ordered channel can be held back in a pass (an older event of its
+key was still pending when the pass's claim ran), so a pass that finished something is
+followed by another over the ordered events it has not attempted yet. Each event gets at
+most one attempt per replay and each extra pass needs a newly finished event, so a handler
+that keeps failing cannot loop it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from django.db import connections
+from psycopg import sql as psql
 
-from eventbus import registry, sql
-from eventbus.event import DEAD, FAILED, PENDING
+from eventbus import registry, sql, status
+from eventbus.event import DEAD, DONE, FAILED, PENDING
 from eventbus.executor import Executor, Outcome
 from eventbus.worker import worker_name
 
 REPLAYABLE = (PENDING, FAILED)
+# Outcomes that no longer hold back the later events of their key (see sql._where).
+RELEASING = (DONE, DEAD)
 
 
 @dataclass
 class Summary:
-    """Outcomes per (channel, outcome) and what is still failed in scope afterwards."""
+    """Outcomes per (channel, outcome) and what is left in scope afterwards."""
 
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     still_failed: int = 0  # failed or dead, in scope, at the end
+    still_pending: int = 0  # pending in scope at the end: held back, or left by a transient error
+    in_flight: int = 0  # pending in scope but held by a listener right now: it finishes them
+
+    @property
+    def unhandled(self) -> int:
+        """Events in scope that this replay leaves unfinished (a listener's are not counted)."""
+        return self.still_failed + self.still_pending
 
 
 def scope_for(
@@ -50,9 +66,12 @@ def scope_for(
 
 
 def plan(scope: sql.Scope, alias: str = "default") -> dict[tuple[str, str], int]:
-    """What a replay would take now: counts per (channel, state). Touches nothing."""
+    """What a replay would take now: counts per (channel, state). Touches nothing.
+
+    Held-back events of ordered channels count too: the replay comes back for them.
+    """
     with connections[alias].cursor() as cursor:
-        cursor.execute(*sql.count_by_channel_and_state(scope))
+        cursor.execute(*sql.count_by_channel_and_state(replace(scope, ordered_channels=())))
         return {(channel, state): count for channel, state, count in cursor.fetchall()}
 
 
@@ -62,25 +81,70 @@ def replay(
     alias: str = "default",
     on_batch: Callable[[list[Outcome]], None] | None = None,
 ) -> Summary:
+    """Handle every event of `scope` that can run, each at most once; count what is left."""
     executor = Executor(f"recover@{worker_name()}", alias)
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.max_id())
         (upto_id,) = cursor.fetchone()
+    bounded = replace(scope, upto_id=upto_id)
     summary = Summary()
-    touched: list[int] = []
-    cursor_id = 0
-    while True:
-        batch_scope = replace(scope, after_id=cursor_id, upto_id=upto_id)
-        outcomes = executor.run_batch(batch_scope, batch_size)
-        if not outcomes:
-            break
-        cursor_id = max(o.event_id for o in outcomes)
-        touched.extend(o.event_id for o in outcomes if o.status in (FAILED, DEAD))
+    attempted: dict[int, str] = {}  # event id -> its outcome in this replay
+    pass_scope: sql.Scope | None = bounded
+    while pass_scope is not None:
+        outcomes = _one_pass(executor, pass_scope, batch_size, on_batch)
         for outcome in outcomes:
+            attempted[outcome.event_id] = outcome.status
             summary.outcomes[(outcome.channel, "handled" if outcome.ok else outcome.status)] += 1
-        if on_batch is not None:
-            on_batch(outcomes)
-    with connections[alias].cursor() as cursor:
-        cursor.execute(*sql.count_unresolved(replace(scope, upto_id=upto_id), touched))
-        (summary.still_failed,) = cursor.fetchone()
+        released = any(o.status in RELEASING for o in outcomes)
+        pass_scope = _next_pass(bounded, attempted, alias) if released else None
+    _tally(summary, bounded, [i for i, s in attempted.items() if s != DONE], alias)
     return summary
+
+
+def _one_pass(
+    executor: Executor,
+    scope: sql.Scope,
+    batch_size: int,
+    on_batch: Callable[[list[Outcome]], None] | None,
+) -> list[Outcome]:
+    """Walk `scope` once in id order, batch by batch; events held back now are passed over."""
+    outcomes: list[Outcome] = []
+    cursor_id = 0
+    while batch := executor.run_batch(replace(scope, after_id=cursor_id), batch_size):
+        cursor_id = max(o.event_id for o in batch)
+        outcomes.extend(batch)
+        if on_batch is not None:
+            on_batch(batch)
+    return outcomes
+
+
+def _next_pass(bounded: sql.Scope, attempted: Collection[int], alias: str) -> sql.Scope | None:
+    """The ordered events of scope not attempted yet, if any: only they can have been held back."""
+    waiting = [i for i in _ids(bounded, alias, ordered_only=True) if i not in attempted]
+    return replace(bounded, ids=waiting) if waiting else None
+
+
+def _tally(summary: Summary, bounded: sql.Scope, unfinished: list[int], alias: str) -> None:
+    """Count failed, dead and pending events left in scope (or left so by this replay)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(*sql.count_unresolved(bounded, unfinished))
+        (summary.still_failed,) = cursor.fetchone()
+    pending = replace(bounded, states=(PENDING,))
+    if PENDING not in bounded.states:  # recover --dead: only those it made pending
+        pending = replace(pending, ids=unfinished)
+    left = _ids(pending, alias)
+    summary.in_flight = len(status.claimed_ids(left, alias))
+    summary.still_pending = len(left) - summary.in_flight
+
+
+def _ids(scope: sql.Scope, alias: str, ordered_only: bool = False) -> list[int]:
+    """Ids of the events in `scope` whatever their key's order allows, oldest first."""
+    where, params = sql._where(replace(scope, ordered_channels=()))
+    query = psql.SQL("SELECT e.id FROM {table} AS e WHERE {where}{ordered} ORDER BY e.id").format(
+        table=sql.TABLE,
+        where=where,
+        ordered=psql.SQL(" AND e.ordered") if ordered_only else psql.SQL(""),
+    )
+    with connections[alias].cursor() as cursor:
+        cursor.execute(query, params)
+        return [row[0] for row in cursor.fetchall()]

@@ -324,13 +324,25 @@ def discard(ids: Sequence[int], reason: str) -> tuple[sql.Composed, dict[str, An
 def publish(
     channel: str, payload: dict[str, Any], key: str | None, notify: bool, ordered: bool = False
 ) -> tuple[sql.Composed, list[Any]]:
-    """Insert one published event (and its wake-up) in the caller's transaction."""
+    """Insert one published event (and its wake-up) in the caller's transaction.
+
+    Ordered: first the trigger's per-key transaction lock (channel.render_trigger_body), so
+    publishers and writers of one key take turns and ids follow commit order. The lock is
+    taken in a subquery (volatile, so never flattened) before the row gets its id.
+    """
     query = sql.SQL(
         "WITH e AS (INSERT INTO {table} (channel, operation, table_name, key, new, ordered) "
-        "VALUES (%s, 'PUBLISH', '', %s, %s::json, %s) RETURNING id) "
+        "SELECT %s, 'PUBLISH', '', %s, %s::json, %s FROM (SELECT CASE WHEN %s THEN "
+        "pg_advisory_xact_lock(hashtextextended('eventbus:' || %s || ':' || %s, 0)) END) AS l "
+        "RETURNING id) "
         "SELECT e.id, CASE WHEN %s THEN pg_notify('eventbus_' || %s, '') END FROM e"
     ).format(table=TABLE)
-    return query, [channel, key, json.dumps(payload), ordered, notify, channel]
+    lock = ordered and key is not None
+    return query, [
+        *(channel, key, json.dumps(payload), ordered),
+        *(lock, channel, key),
+        *(notify, channel),
+    ]
 
 
 HEALTH = sql.SQL(

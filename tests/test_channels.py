@@ -7,10 +7,12 @@ from collections import Counter
 import psycopg
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import NotSupportedError, connection, models, transaction
+from django.test.utils import isolate_apps
 
 from blog.models import Category, Comment, Post, Tag
-from eventbus import Channel
+from eventbus import INSERT, UPDATE, Channel
+from eventbus.channel import channel_trigger_errors
 from eventbus.models import EventRecord
 from tests.support import database_url
 
@@ -152,3 +154,74 @@ def test_one_empty_wakeup_per_channel_per_transaction(author: User, post: Post) 
         ("eventbus_comment_created", ""),
         ("eventbus_post_tags_changed", ""),
     ]
+
+
+def test_an_update_that_changes_a_primary_key_is_refused_with_a_clear_error(post: Post) -> None:
+    """Old and new rows are paired by primary key: a changed key would make no event, silently."""
+    with pytest.raises(NotSupportedError) as refused, transaction.atomic():
+        Post.objects.filter(pk=post.pk).update(id=post.pk + 1000, body="moved")
+    message = str(refused.value)
+    assert "eventbus channel post_edited" in message
+    assert "UPDATE of table blog_post changed the primary key (id)" in message
+    assert "deleting the row and inserting it" in refused.value.__cause__.diag.message_hint
+    assert Post.objects.filter(pk=post.pk, body=post.body).exists(), "the write was refused"
+    assert events_after(lambda: Post.objects.filter(pk=post.pk).update(body="kept")) == {
+        ("post_edited", "UPDATE"): 1
+    }, "an ordinary update still makes its event"
+
+
+# Channels of models with a composite primary key (Django 5.2 CompositePrimaryKey).
+rating_changed = Channel("test_rating_changed", operations=[INSERT, UPDATE], key="post")
+rating_by_pk = Channel("test_rating_by_pk", operations=[INSERT], key="pk")
+
+
+@pytest.mark.django_db(transaction=True)
+@isolate_apps("blog")
+def test_a_model_with_a_composite_primary_key_makes_update_events(post: Post) -> None:
+    class Rating(models.Model):
+        pk = models.CompositePrimaryKey("post", "voter")
+        post = models.ForeignKey(Post, on_delete=models.CASCADE)
+        voter = models.IntegerField()
+        stars = models.IntegerField()
+
+        class Meta:
+            app_label = "blog"
+            db_table = "test_rating"
+            triggers = rating_changed.triggers()
+
+    assert channel_trigger_errors([Rating]) == []
+    with connection.schema_editor() as editor:
+        editor.create_model(Rating)
+    try:
+        for trigger in Rating._meta.triggers:
+            trigger.install(Rating)
+        Rating.objects.bulk_create([Rating(post=post, voter=v, stars=1) for v in (1, 2)])
+        made = events_after(lambda: Rating.objects.filter(voter=2).update(stars=5))
+        assert made == {("test_rating_changed", "UPDATE"): 1}
+        event = EventRecord.objects.get(channel="test_rating_changed", operation="UPDATE")
+        assert (event.old["stars"], event.new["stars"], event.new["voter"]) == (1, 5, 2)
+        assert event.key == str(post.pk)
+        with pytest.raises(NotSupportedError, match=r"changed the primary key \(post_id, voter\)"):
+            Rating.objects.filter(voter=2).update(voter=3)
+    finally:
+        with connection.schema_editor() as editor:
+            editor.delete_model(Rating)
+
+
+@isolate_apps("blog")
+def test_the_system_check_names_a_key_that_has_no_single_column() -> None:
+    class Vote(models.Model):
+        pk = models.CompositePrimaryKey("post", "voter")
+        post = models.ForeignKey(Post, on_delete=models.CASCADE)
+        voter = models.IntegerField()
+
+        class Meta:
+            app_label = "blog"
+            triggers = rating_by_pk.triggers()
+
+    (error,) = channel_trigger_errors([Vote])
+    assert error.id == "eventbus.E010"
+    assert error.msg == (
+        "channel test_rating_by_pk on blog.Vote: key 'pk' has no single column (a composite "
+        "primary key or a many-to-many field); name one concrete field"
+    )

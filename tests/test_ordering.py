@@ -11,8 +11,10 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection, transaction
 from django.utils import timezone
 
+import channels
 from blog.models import Post
 from eventbus.executor import Executor
 from eventbus.models import EventRecord
@@ -102,3 +104,38 @@ def test_edits_are_handled_in_commit_order_across_processes(
         EventRecord.objects.filter(channel="post_edited").values_list("worker", flat=True)
     )
     assert len(workers) == 2, "both processes took part"
+
+
+def waiting_for_an_advisory_lock() -> bool:
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        return conn.execute(query).fetchone()[0] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publishers_of_one_key_take_turns_so_handling_follows_commit_order(author: User) -> None:
+    post = Post.objects.create(title="p", body="start", author=author)
+    second_committed = threading.Event()
+
+    def publish_second() -> None:
+        try:
+            with transaction.atomic():
+                channels.post_edited.publish({"id": post.pk, "body": "one two three"}, key=post.pk)
+            second_committed.set()
+        finally:
+            connection.close()  # this thread's own connection
+
+    second = threading.Thread(target=publish_second)
+    with transaction.atomic():
+        channels.post_edited.publish({"id": post.pk, "body": "one two"}, key=post.pk)
+        second.start()
+        wait_until(
+            lambda: second_committed.is_set() or waiting_for_an_advisory_lock(),
+            what="the second publisher to commit or to wait",
+        )
+        assert not second_committed.is_set(), "the second publisher waits for the first"
+    second.join(10)
+    assert second_committed.is_set()
+    drain()
+    post.refresh_from_db()
+    assert post.word_count == 3, "the edit committed last is the one handled last"

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import pytest
 from django.contrib.auth.models import User
+from django.db.models import Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from blog.models import Comment, Post, PostTag, Tag
@@ -141,3 +143,43 @@ def test_a_dead_event_that_fails_again_on_replay_stays_dead(post: Post, reader: 
     assert result.returncode == 1
     assert "nobody_handles_this          dead            1" in result.stdout
     assert EventRecord.objects.get(channel="nobody_handles_this").state == "dead"
+
+
+def edit(post: Post) -> None:
+    """Append one word to the body: one post_edited event (an ordered channel, key = post)."""
+    Post.objects.filter(pk=post.pk).update(body=Concat("body", Value(" w")))
+
+
+def test_recover_comes_back_for_edits_held_back_behind_an_older_edit_of_their_post(
+    author: User,
+) -> None:
+    a = Post.objects.create(title="a", body="one", author=author)
+    b = Post.objects.create(title="b", body="one", author=author)
+    for post in (a, a, b):  # a's second edit waits for its first: same key
+        edit(post)
+    result = manage("recover", "--channel", "post_edited")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "post_edited                  handled         3" in result.stdout
+    assert "still failed or dead: 0; still pending: 0" in result.stdout
+    assert states()[("post_edited", "done")] == 3
+    a.refresh_from_db()
+    assert a.word_count == 3, "a's edits applied in order: the last one counts"
+
+
+def test_recover_counts_and_fails_on_edits_it_must_leave_held_back(author: User) -> None:
+    post = Post.objects.create(title="a", body="one", author=author)
+    edit(post)
+    edit(post)
+    first, second = EventRecord.objects.filter(channel="post_edited").order_by("id")
+    only_second = manage("recover", "--id", str(second.pk))
+    assert only_second.returncode == 1, "the first edit is out of scope, so the second waits"
+    assert "still failed or dead: 0; still pending: 1" in only_second.stdout
+    assert EventRecord.objects.get(pk=second.pk).state == "pending"
+
+    failing = manage("recover", "--channel", "post_edited", env={"EVENTBUS_FAULT_RATE": "1"})
+    assert failing.returncode == 1
+    assert "still failed or dead: 1; still pending: 1" in failing.stdout
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.state, first.attempts) == ("failed", 1), "one attempt per run, no loop"
+    assert (second.state, second.attempts) == ("pending", 0), "never ran ahead of the first"

@@ -17,7 +17,9 @@ PROGRESS_FROM = 500  # events: below this a replay is quick enough without progr
 class Command(BaseCommand):
     help = (
         "Replay pending and failed events (dead ones with --dead) through the normal claim "
-        "path. Exits 1 if any event in scope is failed or dead at the end."
+        "path, coming back for events of ordered channels held back behind an older one of "
+        "their key. Exits 1 if any event in scope is failed, dead or still pending at the end "
+        "(events a running listener holds are reported, not counted)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -73,11 +75,25 @@ class Command(BaseCommand):
         if progress:
             progress.finish()
         self._table("replayed", dict(summary.outcomes))
-        self.stdout.write(
-            f"total: {sum(summary.outcomes.values())}; still failed or dead: {summary.still_failed}"
-        )
-        if summary.still_failed:
+        self._report(summary)
+        if summary.unhandled:
             raise SystemExit(1)
+
+    def _report(self, summary: recovery.Summary) -> None:
+        """One line of totals, then why events are left, so a non-zero exit explains itself."""
+        line = (
+            f"total: {sum(summary.outcomes.values())}; "
+            f"still failed or dead: {summary.still_failed}; still pending: {summary.still_pending}"
+        )
+        if summary.in_flight:
+            line += f"; being handled by a listener: {summary.in_flight}"
+        self.stdout.write(line)
+        if summary.still_pending:
+            self.stdout.write(
+                "pending events wait behind an older event of their key (ordered channel) "
+                "that is out of scope or failed, or hit a transient error; "
+                "list them with `./manage.py events --state pending`"
+            )
 
     def _table(self, title: str, counts: dict[tuple[str, str], int]) -> None:
         self.stdout.write(f"{title}:")
