@@ -150,6 +150,7 @@ class Executor:
         self.fault_rate, self.fault_seed = settings.FAULT_RATE, settings.FAULT_SEED
         self.ledger = CrashLedger(worker_name, alias)
         self._pins: dict[int, Any] = {}
+        self.unstarted: list[int] = []  # claimed by the last batch but left pending
 
     # --- A batch ---------------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class Executor:
         Events left unstarted (a stop, the time or savepoint budget) have no outcome and
         are pending again once this returns.
         """
+        self.unstarted = []
         try:
             outcomes = self._run(scope, limit)
         except _RunAlone as request:
@@ -218,13 +220,16 @@ class Executor:
             self._discard_connection()
             raise BatchFailed([c.event.id for c in claims], exc) from exc
         self.ledger.finish(ids)
+        handled = {o.event_id for o in outcomes}
+        self.unstarted = [i for i in ids if i not in handled]
         return outcomes
 
     def _run_each_alone(self, scope: sql.Scope, ids: list[int]) -> list[Outcome]:
         """Each event in its own claim transaction; one that cannot be marked is made dead."""
         outcomes: list[Outcome] = []
-        for event_id in ids:
+        for n, event_id in enumerate(ids):
             if self.should_stop():
+                self.unstarted = ids[n:]
                 break
             alone = replace(scope, ids=(event_id,))
             try:

@@ -22,7 +22,7 @@ from datetime import datetime
 from django.db import connections
 from psycopg import sql as psql
 
-from eventbus import registry, sql, status
+from eventbus import registry, sql, status, wiring
 from eventbus.event import DEAD, DONE, FAILED, PENDING
 from eventbus.executor import Executor, Outcome
 from eventbus.worker import worker_name
@@ -57,7 +57,7 @@ def scope_for(
     """Pending and failed events (failed ones without waiting for their retry), or dead ones."""
     return sql.Scope(
         states=(DEAD,) if dead else REPLAYABLE,
-        channels=channels,
+        channels=wiring.handled_channels(channels),  # others stay for a listener that can
         ids=ids,
         since=since,
         due_only=False,
@@ -97,6 +97,7 @@ def replay(
             summary.outcomes[(outcome.channel, "handled" if outcome.ok else outcome.status)] += 1
         released = any(o.status in RELEASING for o in outcomes)
         pass_scope = _next_pass(bounded, attempted, alias) if released else None
+    executor.close()
     _tally(summary, bounded, [i for i, s in attempted.items() if s != DONE], alias)
     return summary
 
@@ -110,8 +111,14 @@ def _one_pass(
     """Walk `scope` once in id order, batch by batch; events held back now are passed over."""
     outcomes: list[Outcome] = []
     cursor_id = 0
-    while batch := executor.run_batch(replace(scope, after_id=cursor_id), batch_size):
-        cursor_id = max(o.event_id for o in batch)
+    above: set[int] = set()  # attempted ids beyond the cursor: a batch cut short left a gap
+    while batch := executor.run_batch(
+        replace(scope, after_id=cursor_id, exclude_ids=tuple(sorted(above))), batch_size
+    ):
+        ids = {o.event_id for o in batch}
+        unstarted = executor.unstarted  # a batch stops early at its time or savepoint budget
+        cursor_id = min(unstarted) - 1 if unstarted else max(ids)
+        above = {i for i in above | ids if i > cursor_id}
         outcomes.extend(batch)
         if on_batch is not None:
             on_batch(batch)

@@ -54,6 +54,7 @@ class Scope:
     upto_id: int | None = None
     due_only: bool = True
     ordered_channels: tuple[str, ...] = ()  # one event at a time per key, in id order
+    exclude_ids: tuple[int, ...] = ()  # already attempted by this replay
 
 
 # The claim must walk the runnable index in id order and stop after `limit` rows. With
@@ -183,6 +184,9 @@ def _where(scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
     if scope.after_id is not None:
         parts.append(sql.SQL("e.id > %(after_id)s"))
         params["after_id"] = scope.after_id
+    if scope.exclude_ids:
+        parts.append(sql.SQL("e.id <> ALL(%(exclude_ids)s)"))
+        params["exclude_ids"] = list(scope.exclude_ids)
     if scope.upto_id is not None:
         parts.append(sql.SQL("e.id <= %(upto_id)s"))
         params["upto_id"] = scope.upto_id
