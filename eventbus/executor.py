@@ -192,6 +192,7 @@ class Executor:
         connection = connections[self.alias]
         inline = max(1, self.settings.PAYLOAD_BUDGET // max(limit, 1))
         claims: list[Claim] = []
+        recorded = False  # the crash ledger holds a start for this batch
         try:
             with routing.pinned(self.alias), transaction.atomic(using=self.alias):
                 baseline = _bookkeeping(connection)
@@ -209,12 +210,19 @@ class Executor:
                     outcomes = [self._crashed(claims[0])]
                 else:
                     self.ledger.started([(c.event.id, c.event.attempt - 1) for c in claims])
+                    recorded = True
                     outcomes = self._handle_all(claims, connection)
                     self._check_state(connection, baseline)
                 self._mark(outcomes)
         except (_RunAlone, LedgerUnavailable):
             raise
         except BaseException as exc:
+            if recorded and _broken(connection):
+                # The connection died, not the worker: this start says nothing about the
+                # events (a restarted database, a terminated backend). Take it back if
+                # the ledger's own connection still works.
+                with contextlib.suppress(LedgerUnavailable):
+                    self.ledger.unstart([c.event.id for c in claims])
             if not claims or _broken(connection) or isinstance(exc, KeyboardInterrupt):
                 raise  # nothing ran, or the connection is gone: the worker reconnects
             self._discard_connection()

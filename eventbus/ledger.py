@@ -48,6 +48,10 @@ class CrashLedger:
         self._execute(*sql.ledger_start(self.worker, events, self._finished))
         self._finished = []
 
+    def unstart(self, ids: Sequence[int]) -> None:
+        """Take back the last start of `ids`: their batch was lost with its connection."""
+        self._execute(*sql.ledger_unstart(ids))
+
     def finish(self, ids: Sequence[int]) -> None:
         """`ids`' batch committed: their entries are stale now, deleted with the next write."""
         self._finished.extend(ids)

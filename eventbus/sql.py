@@ -131,6 +131,14 @@ def ledger_start(
     }
 
 
+def ledger_unstart(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
+    query = sql.SQL(
+        "WITH gone AS (DELETE FROM {ledger} WHERE event_id = ANY(%s) AND starts <= 1) "
+        "UPDATE {ledger} SET starts = starts - 1 WHERE event_id = ANY(%s) AND starts > 1"
+    ).format(ledger=LEDGER)
+    return query, [list(ids), list(ids)]
+
+
 def ledger_forget(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     return sql.SQL("DELETE FROM {ledger} WHERE event_id = ANY(%s)").format(ledger=LEDGER), [
         list(ids)
@@ -311,6 +319,18 @@ HEARTBEAT = sql.SQL(
 ).format(workers=WORKERS)
 
 FORGET_WORKER = sql.SQL("DELETE FROM {workers} WHERE name = %s").format(workers=WORKERS)
+
+# The supervisor's refresh of workers it sees making progress (eventbus.liveness).
+VOUCH_FOR_WORKERS = sql.SQL("UPDATE {workers} SET last_seen = now() WHERE name = ANY(%s)").format(
+    workers=WORKERS
+)
+
+# Workers of a host, and how long each has been silent: health names a hung one.
+SILENT_WORKERS = sql.SQL(
+    "SELECT name, pid, extract(epoch FROM now() - last_seen) FROM {workers} "
+    "WHERE host = %(host)s AND last_seen <= now() - make_interval(secs => %(silence)s) "
+    "ORDER BY name"
+).format(workers=WORKERS)
 
 
 def discard(ids: Sequence[int], reason: str) -> tuple[sql.Composed, dict[str, Any]]:

@@ -27,6 +27,7 @@ from eventbus.worker import Worker, WorkerOptions, worker_host
 log = logging.getLogger("eventbus.supervisor")
 
 _mp = multiprocessing.get_context("fork")
+VOUCH_SLACK = 5.0  # seconds beyond a handler's timeout before a worker is no longer vouched for
 
 
 def _worker_main(options: WorkerOptions, cells: Any) -> None:
@@ -57,6 +58,7 @@ class Supervisor:
         self._slots: list[BaseProcess | None] = [None] * processes
         self._liveness = [Liveness() for _ in range(processes)]
         self.restarts = 0  # workers that died or were killed, since start
+        self._next_vouch = 0.0
         self._started_at: list[float] = [0.0] * processes
         self._restart_delay: list[float] = [0.0] * processes
         self._stopping = False
@@ -84,7 +86,35 @@ class Supervisor:
                     self._kill_if_hung(slot, process)
                 if process is not None and not process.is_alive():
                     self._restart(slot, process)
+            self._vouch_if_due()
         return self._shutdown()
+
+    def _vouch_if_due(self) -> None:
+        """Refresh the heartbeat rows of workers that are making progress.
+
+        A worker inside a long handler sends no heartbeat of its own, yet is healthy; one
+        silent beyond its handler's timeout is not, and is left to go stale, so that
+        ``eventbus_health`` names it before the supervisor kills it.
+        """
+        now = time.monotonic()
+        if now < self._next_vouch:
+            return
+        self._next_vouch = now + self.options.health_interval
+        names = [
+            f"{worker_host()}:{process.pid}"
+            for slot, process in enumerate(self._slots)
+            if process is not None
+            and process.is_alive()
+            and self._liveness[slot].overdue(VOUCH_SLACK) is None
+        ]
+        if not names:
+            return
+        try:
+            with connections[self.options.alias].cursor() as cursor:
+                cursor.execute(sql.VOUCH_FOR_WORKERS, [names])
+        except Exception as exc:  # the database is down: workers reconnect on their own
+            log.debug("could not refresh worker heartbeats: %s", exc)
+            connections.close_all()
 
     def _start(self, slot: int) -> None:
         connections.close_all()  # a forked child must not share the parent's sockets

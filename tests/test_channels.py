@@ -173,6 +173,9 @@ def test_an_update_that_changes_a_primary_key_is_refused_with_a_clear_error(post
 # Channels of models with a composite primary key (Django 5.2 CompositePrimaryKey).
 rating_changed = Channel("test_rating_changed", operations=[INSERT, UPDATE], key="post")
 rating_by_pk = Channel("test_rating_by_pk", operations=[INSERT], key="pk")
+# Handlers, so that the project stays wired (eventbus.W001) while these are declared.
+rating_changed.on(lambda event: None)
+rating_by_pk.on(lambda event: None)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -118,5 +118,8 @@ def test_claims_through_transaction_pooling_with_a_direct_listen_connection(
     )
     assert set(Post.objects.values_list("word_count", flat=True)) == {4}
     assert pooled_transactions(pgbouncer) > before, "the claims went through the pool"
-    # The worker's one pooled connection is its claim connection: LISTEN is not pooled.
-    assert len(admin_console(pgbouncer, "CLIENTS")) == 1
+    # The worker's pooled connections are its claim connection and its crash ledger (both
+    # plain transactions); its LISTEN connection is not pooled.
+    clients = admin_console(pgbouncer, "CLIENTS")
+    assert len(clients) == 2
+    assert "eventbus-listen" not in {c.get("application_name") for c in clients}

@@ -136,13 +136,14 @@ def test_recover_dead_replays_dead_events_one_channel_or_one_id_at_a_time(
 
 
 def test_a_dead_event_that_fails_again_on_replay_stays_dead(post: Post, reader: User) -> None:
-    EventRecord.objects.create(
-        channel="nobody_handles_this", operation="INSERT", table_name="x", new={}, state="dead"
+    malformed = EventRecord.objects.create(  # a comment event without its row: never runs
+        channel="comment_created", operation="INSERT", table_name="x", new={}, state="dead"
     )
     result = manage("recover", "--dead")
     assert result.returncode == 1
-    assert "nobody_handles_this          dead            1" in result.stdout
-    assert EventRecord.objects.get(channel="nobody_handles_this").state == "dead"
+    assert "comment_created              dead            1" in result.stdout
+    malformed.refresh_from_db()
+    assert malformed.state == "dead"
 
 
 def edit(post: Post) -> None:

@@ -11,6 +11,7 @@ Such events still fail the backlog age check once they wait too long, and
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -70,6 +71,7 @@ class Command(BaseCommand):
                     sql.HEALTH, {"silence": options["max_silence"], "host": options["host"]}
                 )
                 alive, newest = cursor.fetchone()
+                hung = _hung_here(cursor, options) if options.get("this_host") else []
             backlog = {} if options["skip_backlog"] else status.backlog(alias)
             fail_unhandled = options.get("fail_unhandled", False)
             gaps = (
@@ -79,6 +81,10 @@ class Command(BaseCommand):
             )
         except DatabaseError as exc:
             return False, f"unhealthy: database unreachable: {str(exc).strip().splitlines()[0]}"
+        if hung:
+            return False, "unhealthy: " + "; ".join(
+                f"worker {name} hung: no progress for {silence:.0f} s" for name, silence in hung
+            )
         if not alive:
             return False, (
                 f"unhealthy: no worker {where} sent a heartbeat in the last "
@@ -102,3 +108,24 @@ class Command(BaseCommand):
             f"ok: {alive} worker(s) alive {where} (newest heartbeat {newest:.1f} s "
             f"ago); oldest due event: {oldest}{warning}"
         )
+
+
+def _hung_here(cursor: Any, options: dict[str, Any]) -> list[tuple[str, float]]:
+    """Workers of this host whose process lives but whose heartbeat has gone silent.
+
+    The supervisor refreshes the heartbeat of every worker it sees making progress, even
+    inside a long handler, so silence from a live process means it is stuck. A row left
+    by a process that is gone is not a hung worker (its replacement has its own row).
+    """
+    cursor.execute(sql.SILENT_WORKERS, {"host": options["host"], "silence": options["max_silence"]})
+    return [(name, silence) for name, pid, silence in cursor.fetchall() if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
