@@ -58,7 +58,7 @@ class Event:
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Event:
-        """Build from a claim query row (see ``eventbus.sql.CLAIM_COLUMNS``)."""
+        """Build from a claim query row (see ``eventbus.sql.claim``)."""
         id_, channel, operation, table, key, old, new, created_at, attempts = row
         if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
             created_at = datetime.fromtimestamp(created_at, UTC)

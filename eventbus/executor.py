@@ -47,7 +47,7 @@ from eventbus.ledger import CrashLedger, LedgerUnavailable
 from eventbus.liveness import Liveness
 from eventbus.policies import Policies
 from eventbus.retry import after_attempt
-from eventbus.timeouts import Deadline, time_limit
+from eventbus.timeouts import Deadline, loop_limit, time_limit
 
 log = logging.getLogger("eventbus.executor")
 
@@ -109,7 +109,8 @@ class Claim:
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Claim:
-        return cls(Event.from_row(row[:9]), bool(row[9]), int(row[10]), int(row[11]))
+        """From a row of ``sql.claim``."""
+        return cls(Event.from_row(row[:9]), bool(row[9]), int(row[11]), int(row[10]))
 
 
 class Budget:
@@ -151,6 +152,7 @@ class Executor:
         self.ledger = CrashLedger(worker_name, alias)
         self._pins: dict[int, Any] = {}
         self.unstarted: list[int] = []  # claimed by the last batch but left pending
+        self._fits = 2**31  # events the last claim transaction could handle (see _claim_size)
 
     # --- A batch ---------------------------------------------------------------------
 
@@ -180,16 +182,17 @@ class Executor:
 
     def idle(self) -> None:
         """The worker found nothing to do: tidy the crash ledger."""
-        self.ledger.flush()
+        self.ledger.collect_if_due()
 
     def close(self) -> None:
         with contextlib.suppress(psycopg.Error):
-            self.ledger.flush()
+            self.ledger.forget()
         self.ledger.close()
 
     def _run(self, scope: sql.Scope, limit: int) -> list[Outcome]:
         """One claim transaction. Raises `_RunAlone` or `BatchFailed` (rolled back)."""
         connection = connections[self.alias]
+        requested, limit = limit, self._claim_size(scope, limit)
         inline = max(1, self.settings.PAYLOAD_BUDGET // max(limit, 1))
         claims: list[Claim] = []
         recorded = False  # the crash ledger holds a start for this batch
@@ -198,8 +201,8 @@ class Executor:
                 baseline = _bookkeeping(connection)
                 with connection.cursor() as cursor:
                     cursor.execute(self._pin_for(limit))
-                    cursor.execute(*sql.claim(scope, limit, inline))
-                    claims = [Claim.from_row(row) for row in cursor.fetchall()]
+                    cursor.execute(*sql.claim(scope, limit, inline, self.ledger.batch))
+                    claims = sorted(map(Claim.from_row, cursor.fetchall()), key=_by_id)
                     cursor.execute(sql.UNPIN_CLAIM_PLAN)
                 if not claims:
                     return []
@@ -222,14 +225,16 @@ class Executor:
                 # events (a restarted database, a terminated backend). Take it back if
                 # the ledger's own connection still works.
                 with contextlib.suppress(LedgerUnavailable):
-                    self.ledger.unstart([c.event.id for c in claims])
+                    self.ledger.forget()
             if not claims or _broken(connection) or isinstance(exc, KeyboardInterrupt):
                 raise  # nothing ran, or the connection is gone: the worker reconnects
             self._discard_connection()
             raise BatchFailed([c.event.id for c in claims], exc) from exc
-        self.ledger.finish(ids)
         handled = {o.event_id for o in outcomes}
         self.unstarted = [i for i in ids if i not in handled]
+        self._learn_fit(requested, len(ids), len(handled))
+        if self.unstarted and recorded:  # cut short: the rest never started
+            self.ledger.forget()
         return outcomes
 
     def _run_each_alone(self, scope: sql.Scope, ids: list[int]) -> list[Outcome]:
@@ -258,7 +263,6 @@ class Executor:
             cursor.execute(
                 *sql.mark_errors(self.worker_name, [sql.ErrorMark(claim.event.id, DEAD, 0, reason)])
             )
-        self.ledger.finish([claim.event.id])
         event = claim.event
         return [Outcome(event.id, event.channel, event.attempt, DEAD, reason, 0.0)]
 
@@ -317,21 +321,23 @@ class Executor:
         """
         seconds: dict[int, float] = {}
         taken: list[Claim] = []
+        policies, liveness, perf_counter = self.policies, self.liveness, time.perf_counter
         try:
-            with transaction.atomic(using=self.alias):
+            with transaction.atomic(using=self.alias), self._loop_limit() as limit:
                 for claim in claims:
                     if taken and budget.exhausted():
                         break
-                    event = self._with_payload(claim)
-                    timeout = self.policies[event.channel].timeout
-                    self.liveness.busy(timeout)
-                    started = time.perf_counter()
-                    with self._limit(timeout) as limit:
-                        self._inject_fault(event)
-                        registry.handler_for(event.channel).handler(event)
-                    if limit is not None and limit.fired:
+                    event = self._with_payload(claim) if claim.lazy else claim.event
+                    timeout = policies[event.channel].timeout
+                    liveness.busy(timeout)
+                    started = perf_counter()
+                    limit.rearm(timeout)
+                    self._inject_fault(event)
+                    registry.handler_for(event.channel).handler(event)
+                    limit.rearm(None)
+                    if limit.fired:
                         raise Deadline
-                    seconds[event.id] = time.perf_counter() - started
+                    seconds[event.id] = perf_counter() - started
                     taken.append(claim)
         except (Exception, Deadline):
             self.liveness.idle()
@@ -441,11 +447,38 @@ class Executor:
         return error, time.perf_counter() - started
 
     @contextlib.contextmanager
+    def _loop_limit(self) -> Iterator[Any]:
+        connection = connections[self.alias]
+        conn = connection.connection
+        cancel = (lambda: conn.cancel_safe(timeout=5)) if conn is not None else None
+        with loop_limit(cancel, sys._getframe(2)) as limit, self._queries_checked(limit):
+            yield limit
+
+    @contextlib.contextmanager
     def _limit(self, seconds: float | None) -> Iterator[Any]:
         conn = connections[self.alias].connection
         cancel = (lambda: conn.cancel_safe(timeout=5)) if conn is not None else None
         with time_limit(seconds, cancel, sys._getframe(2)) as limit:
-            yield limit
+            if limit is None:
+                yield limit
+                return
+            with self._queries_checked(limit):
+                yield limit
+
+    @contextlib.contextmanager
+    def _queries_checked(self, limit: Any) -> Iterator[None]:
+        """Stop a handler whose time is up at its next query: raised from the query call,
+        like any database error, which every atomic block around it unwinds correctly.
+        This catches an ORM loop of short queries that no single cancel can stop. Django's
+        own savepoint statements always pass, so its bookkeeping stays in step."""
+
+        def check(execute: Callable[..., Any], sql_: Any, params: Any, many: bool, ctx: Any) -> Any:
+            if limit.fired and not (isinstance(sql_, str) and sql_.startswith(_SAVEPOINT_SQL)):
+                raise Deadline
+            return execute(sql_, params, many, ctx)
+
+        with connections[self.alias].execute_wrapper(check):
+            yield
 
     def _inject_fault(self, event: Event) -> None:
         """EVENTBUS_FAULT_RATE: fail this attempt on purpose, before its handler runs."""
@@ -544,6 +577,18 @@ class Executor:
         connection.autocommit = True
         connection.savepoint_state = 0
 
+    def _claim_size(self, scope: sql.Scope, limit: int) -> int:
+        """Claim about as many events as the last transaction could handle: when its time
+        or savepoint budget cut it short, claiming the full batch again would lock (and
+        fetch) the rest for nothing. Grows back by doubling once batches run whole."""
+        return max(1, min(limit, self._fits))
+
+    def _learn_fit(self, limit: int, claimed: int, handled: int) -> None:
+        if handled < claimed and not self.should_stop():
+            self._fits = max(1, handled)
+        elif claimed >= min(limit, self._fits):
+            self._fits = min(limit, max(1, self._fits) * 2)
+
     def _pin_for(self, limit: int) -> Any:
         """The claim's SET LOCALs, with an idle-in-transaction limit longer than any one
         handler call may take (0, none, when some channel has no timeout)."""
@@ -563,6 +608,13 @@ class Executor:
 
 class _WorkerDied(Exception):
     pass
+
+
+_SAVEPOINT_SQL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+
+
+def _by_id(claim: Claim) -> int:
+    return claim.event.id
 
 
 def _broken(connection: Any) -> bool:

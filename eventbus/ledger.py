@@ -1,16 +1,17 @@
-"""The crash ledger: attempts that started, recorded where a rollback cannot erase them.
+"""The crash ledger: batches whose handlers started, recorded where a rollback cannot
+erase them (``eventbus.models.InflightRecord``).
 
 A worker that dies mid-batch (kill -9, a segfault, the OOM killer, ``os._exit`` in a
 handler) rolls its claim transaction back, so nothing inside it can count the attempt.
-Before a batch's handlers run, its event ids are written here through a second,
-autocommitted connection; once the batch has committed, they are forgotten again (in the
-same statement as the next batch's starts, so it costs one round trip per batch). An
-entry that survives is a start that never finished.
+Before a batch's handlers run, one row naming its events is written through a second,
+autocommitted connection. Once the batch has committed that row is stale, and it is
+deleted in the same statement as the worker's next row: one round trip per batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,9 @@ import psycopg
 
 from eventbus import sql
 from eventbus.connections import connect_side
+
+COLLECT_INTERVAL = 60.0  # seconds between sweeps of stale rows left by dead workers
+COLLECT_AGE = 60.0  # only rows at least this old are swept
 
 
 class LedgerUnavailable(psycopg.OperationalError):
@@ -39,28 +43,28 @@ class CrashLedger:
         self.worker = worker
         self.alias = alias
         self._conn: psycopg.Connection[Any] | None = None
-        self._finished: list[int] = []
+        self.batch = 0  # this worker's last row: committed, or in flight now
+        self._next_collect = time.monotonic() + COLLECT_INTERVAL
         _open.add(self)
 
     def started(self, events: Sequence[tuple[int, int]]) -> None:
-        """Record a start for each (event id, attempts so far); forget the finished ones.
-        Autocommitted: it survives whatever happens to the claim transaction."""
-        self._execute(*sql.ledger_start(self.worker, events, self._finished))
-        self._finished = []
+        """Record a start for each (event id, attempts so far); drop the previous batch's
+        row. Autocommitted: it survives whatever happens to the claim transaction."""
+        row = self._execute(*sql.ledger_start(self.worker, events, self.batch))
+        self.batch = int(row[0])
 
-    def unstart(self, ids: Sequence[int]) -> None:
-        """Take back the last start of `ids`: their batch was lost with its connection."""
-        self._execute(*sql.ledger_unstart(ids))
+    def forget(self) -> None:
+        """Delete the current batch's row now: its batch was lost with its connection, or
+        committed with events left unstarted, which another worker may claim at once."""
+        if self.batch:
+            self._execute(sql.LEDGER_FORGET, [self.batch])
+            self.batch = 0
 
-    def finish(self, ids: Sequence[int]) -> None:
-        """`ids`' batch committed: their entries are stale now, deleted with the next write."""
-        self._finished.extend(ids)
-
-    def flush(self) -> None:
-        """Forget the finished entries now (the worker is about to idle or stop)."""
-        if self._finished:
-            self._execute(*sql.ledger_forget(self._finished))
-            self._finished = []
+    def collect_if_due(self) -> None:
+        """Sweep rows left by dead workers once none of their events can still run."""
+        if time.monotonic() >= self._next_collect:
+            self._next_collect = time.monotonic() + COLLECT_INTERVAL
+            self._execute(*sql.ledger_collect(COLLECT_AGE))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -68,12 +72,13 @@ class CrashLedger:
                 self._conn.close()
             self._conn = None
 
-    def _execute(self, query: Any, params: Any) -> None:
+    def _execute(self, query: Any, params: Any) -> Any:
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self.close()
                 self._conn = connect_side(self.alias)
-            self._conn.execute(query, params)
+            cursor = self._conn.execute(query, params)
+            return cursor.fetchone() if cursor.description else None
         except psycopg.OperationalError as exc:
             self.close()  # reconnect on the next write
             raise LedgerUnavailable(f"crash ledger: {exc}") from exc

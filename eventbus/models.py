@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models.functions import Now
 
@@ -114,26 +115,26 @@ class WorkerRecord(models.Model):
 
 
 class InflightRecord(models.Model):
-    """Handling attempts that started but never finished, written outside the claim.
+    """Batches whose handlers started, written outside the claim transaction.
 
     The claim transaction rolls back when its worker dies (kill -9, a segfault, the OOM
     killer, ``os._exit`` in a handler), which erases any trace of the attempt inside it.
-    So each claimed batch is recorded here through a second, autocommitted connection
-    before its handlers run, and the claim transaction deletes those rows as it commits.
-    A row whose ``attempts`` still equals the event's is a start that never finished (a
-    finished attempt moves the event's count on, so a row not yet deleted is harmless):
-    the executor then runs the event alone, and makes it dead after ``CRASH_LIMIT``.
+    So each claimed batch is recorded here, one row per batch, through a second,
+    autocommitted connection before its handlers run. An entry (event id, attempts) still
+    matching the event's own attempts after the batch should have committed is a start
+    that never finished: the executor then runs the event alone, and makes it dead after
+    ``CRASH_LIMIT`` of them. A finished batch's row is stale (its events' attempts moved
+    on) and is deleted with the worker's next batch.
     """
 
-    event_id = models.BigIntegerField(primary_key=True)
-    attempts = models.IntegerField()  # the event's attempts when these starts were made
-    starts = models.IntegerField()
     worker = models.CharField(max_length=128)
-    last_started_at = models.DateTimeField(db_default=Now())
+    event_ids = ArrayField(models.BigIntegerField())
+    attempts = ArrayField(models.IntegerField())  # each event's attempts when it started
+    started_at = models.DateTimeField(db_default=Now())
 
     class Meta:
         db_table = "eventbus_inflight"
-        verbose_name = "in-flight attempt"
+        verbose_name = "in-flight batch"
 
     def __str__(self) -> str:
-        return f"event {self.event_id}: {self.starts} unfinished start(s)"
+        return f"batch {self.pk} of {self.worker}: {len(self.event_ids)} event(s)"

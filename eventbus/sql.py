@@ -8,7 +8,7 @@ States are inlined as literals on purpose: the partial indexes (``WHERE state IN
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -18,25 +18,11 @@ from psycopg import sql
 from eventbus.event import DEAD, DONE, FAILED, PENDING, RUNNABLE
 
 TABLE = sql.Identifier("eventbus_event")
-
-# created_at as epoch seconds: Django's timestamptz loader is pure Python and was a tenth
-# of a worker's time; the float converts in C (Event.from_row).
-CLAIM_COLUMNS = sql.SQL(
-    "e.id, e.channel, e.operation, e.table_name, e.key, e.old, e.new, "
-    "extract(epoch FROM e.created_at)::float8, e.attempts"
-)
-# After the event's own columns, what the executor needs to contain faults: the payload is
-# left out when larger than %(inline)s bytes (fetched by `payloads` just before its
-# handler runs, so a batch of large rows cannot exhaust memory); the unfinished starts
-# in the crash ledger (an entry made before the event's last recorded attempt is stale);
-# and the transient errors so far.
-CLAIM_EXTRA_COLUMNS = sql.SQL(
-    "s.bytes > %(inline)s, "
-    "CASE WHEN f.attempts = e.attempts THEN f.starts ELSE 0 END, "
-    "e.transient_errors"
-)
+LEDGER = sql.Identifier("eventbus_inflight")  # the crash ledger, eventbus.models.InflightRecord
 
 
+# The claim selects created_at as epoch seconds: Django's timestamptz loader is pure
+# Python and was a tenth of a worker's time; the float converts in C (Event.from_row).
 @dataclass(frozen=True)
 class Scope:
     """Which events a claim may take.
@@ -76,23 +62,34 @@ def pin_claim_plan(idle_timeout_ms: int) -> sql.Composed:
 UNPIN_CLAIM_PLAN = sql.SQL("SET LOCAL enable_bitmapscan = DEFAULT; SET LOCAL enable_sort = DEFAULT")
 
 
-def claim(scope: Scope, limit: int, inline: int = 2**62) -> tuple[sql.Composed, dict[str, Any]]:
+def claim(
+    scope: Scope, limit: int, inline: int = 2**62, own_batch: int = 0
+) -> tuple[sql.Composed, dict[str, Any]]:
     """Lock and return up to `limit` events of `scope`, oldest first, skipping locked ones.
 
-    Rows: CLAIM_COLUMNS (payloads over `inline` bytes as NULL), then CLAIM_EXTRA_COLUMNS.
+    Each row: the event's columns (``Event.from_row``), with a payload larger than
+    `inline` bytes left out (fetched by `payloads` just before its handler runs, so a
+    batch of large rows cannot exhaust memory); whether it was left out; the event's
+    transient errors; and its unfinished starts in the crash ledger, not counting the
+    worker's own last batch (`own_batch`), which it knows committed. Not in id order.
     """
     where, params = _where(scope)
     query = sql.SQL(
-        "SELECT e.id, e.channel, e.operation, e.table_name, e.key, "
-        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.old END, "
-        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.new END, "
-        "extract(epoch FROM e.created_at)::float8, e.attempts, {extra} "
-        "FROM {table} AS e LEFT JOIN {ledger} AS f ON f.event_id = e.id "
-        "CROSS JOIN LATERAL (SELECT coalesce(octet_length(e.old::text), 0) "
+        "WITH c AS MATERIALIZED (SELECT e.id, e.channel, e.operation, e.table_name, e.key, "
+        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.old END AS old, "
+        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.new END AS new, "
+        "extract(epoch FROM e.created_at)::float8 AS created, e.attempts, "
+        "s.bytes > %(inline)s AS lazy, e.transient_errors "
+        "FROM {table} AS e CROSS JOIN LATERAL (SELECT coalesce(octet_length(e.old::text), 0) "
         "+ coalesce(octet_length(e.new::text), 0) AS bytes) AS s "
-        "WHERE {where} ORDER BY e.id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED"
-    ).format(extra=CLAIM_EXTRA_COLUMNS, table=TABLE, ledger=LEDGER, where=where)
-    return query, {**params, "limit": limit, "inline": inline}
+        "WHERE {where} ORDER BY e.id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED), "
+        "starts AS (SELECT u.id, u.attempts, count(*) AS n FROM {ledger} AS b "
+        "CROSS JOIN LATERAL unnest(b.event_ids, b.attempts) AS u(id, attempts) "
+        "WHERE b.id <> %(own)s GROUP BY u.id, u.attempts) "
+        "SELECT c.*, coalesce(starts.n, 0) FROM c LEFT JOIN starts "
+        "ON starts.id = c.id AND starts.attempts = c.attempts"
+    ).format(table=TABLE, ledger=LEDGER, where=where)
+    return query, {**params, "limit": limit, "inline": inline, "own": own_batch}
 
 
 def payloads(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
@@ -101,48 +98,47 @@ def payloads(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     return query, [list(ids)]
 
 
-# --- The crash ledger (eventbus.models.InflightRecord), written on a second connection --
+# --- The crash ledger, written on a second, autocommitted connection (eventbus.ledger) ----
 
-LEDGER = sql.Identifier("eventbus_inflight")
+
+def int_array(values: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers: for large id lists, several times cheaper
+    to send than psycopg's adaptation of a Python list (cast it in the query)."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+LEDGER_START = sql.SQL(
+    "WITH finished AS (DELETE FROM {ledger} WHERE id = %(previous)s) "
+    "INSERT INTO {ledger} (worker, event_ids, attempts) "
+    "VALUES (%(worker)s, %(ids)s::bigint[], %(attempts)s::int[]) RETURNING id"
+).format(ledger=LEDGER)
+
+LEDGER_FORGET = sql.SQL("DELETE FROM {ledger} WHERE id = %s").format(ledger=LEDGER)
+
+
+def ledger_collect(age: float) -> tuple[sql.Composed, list[Any]]:
+    """Delete ledger rows older than `age` seconds of which no event is still runnable
+    with the attempts it had when it started: finished batches that a worker did not get
+    to delete, and crashed ones now resolved."""
+    query = sql.SQL(
+        "DELETE FROM {ledger} AS b WHERE b.started_at < now() - make_interval(secs => %s) "
+        "AND NOT EXISTS (SELECT 1 FROM unnest(b.event_ids, b.attempts) AS u(id, attempts) "
+        "JOIN {table} AS e ON e.id = u.id AND e.attempts = u.attempts WHERE {runnable})"
+    ).format(ledger=LEDGER, table=TABLE, runnable=_in("e.state", RUNNABLE))
+    return query, [age]
 
 
 def ledger_start(
-    worker: str, started: Sequence[tuple[int, int]], finished: Sequence[int]
+    worker: str, started: Sequence[tuple[int, int]], previous: int
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """Record a start for each (event id, attempts so far) and delete the entries of
-    `finished` events, in one statement. A stale entry (the event's attempts moved on
-    since) starts again from one."""
-    ids = {event_id for event_id, _ in started}
-    query = sql.SQL(
-        "WITH finished AS (DELETE FROM {ledger} WHERE event_id = ANY(%(finished)s)) "
-        "INSERT INTO {ledger} AS l (event_id, attempts, starts, worker, last_started_at) "
-        "SELECT s.id, s.attempts, 1, %(worker)s, now() "
-        "FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS s(id, attempts) "
-        "ON CONFLICT (event_id) DO UPDATE SET "
-        "starts = CASE WHEN l.attempts = EXCLUDED.attempts THEN l.starts + 1 ELSE 1 END, "
-        "attempts = EXCLUDED.attempts, worker = EXCLUDED.worker, "
-        "last_started_at = EXCLUDED.last_started_at"
-    ).format(ledger=LEDGER)
-    return query, {
+    """Record a batch's starts (event id, attempts so far) as one row, and delete the
+    worker's previous batch row, which committed (one statement, one round trip)."""
+    return LEDGER_START, {
         "worker": worker,
-        "ids": [event_id for event_id, _ in started],
-        "attempts": [attempts for _, attempts in started],
-        "finished": [i for i in finished if i not in ids],
+        "ids": int_array(event_id for event_id, _ in started),
+        "attempts": int_array(attempts for _, attempts in started),
+        "previous": previous,
     }
-
-
-def ledger_unstart(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
-    query = sql.SQL(
-        "WITH gone AS (DELETE FROM {ledger} WHERE event_id = ANY(%s) AND starts <= 1) "
-        "UPDATE {ledger} SET starts = starts - 1 WHERE event_id = ANY(%s) AND starts > 1"
-    ).format(ledger=LEDGER)
-    return query, [list(ids), list(ids)]
-
-
-def ledger_forget(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
-    return sql.SQL("DELETE FROM {ledger} WHERE event_id = ANY(%s)").format(ledger=LEDGER), [
-        list(ids)
-    ]
 
 
 def count_by_channel_and_state(scope: Scope) -> tuple[sql.Composed, dict[str, Any]]:
@@ -215,7 +211,7 @@ def _where(scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
 MARK_DONE = sql.SQL(
     "UPDATE {table} SET state = {done}, attempts = attempts + 1, "
     "first_claimed_at = coalesce(first_claimed_at, now()), finished_at = clock_timestamp(), "
-    "worker = %s WHERE id = ANY(%s)"
+    "worker = %s WHERE id = ANY(%s::bigint[])"
 ).format(table=TABLE, done=sql.Literal(DONE))
 
 MARK_ERRORS = sql.SQL(
@@ -246,7 +242,7 @@ class ErrorMark:
 
 
 def mark_done(worker: str, ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
-    return MARK_DONE, [worker, list(ids)]
+    return MARK_DONE, [worker, int_array(ids)]
 
 
 def mark_errors(worker: str, marks: Sequence[ErrorMark]) -> tuple[sql.Composed, dict[str, Any]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dis
+import math
 import signal
 import sys
 import threading
@@ -77,6 +78,16 @@ class Limit:
     cancelled_at: float = 0.0
     tracing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    main: bool = False  # on the main thread: SIGALRM is the clock
+
+    def rearm(self, seconds: float | None) -> None:
+        """Start the clock for the next call of a loop (one system call on the main thread;
+        no limit when `seconds` is None or 0)."""
+        self.fired = False
+        self.seconds = seconds or 0.0
+        self.deadline = time.monotonic() + seconds if seconds else math.inf
+        if self.main:
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
 
 
 def _path(frame: FrameType) -> str:
@@ -152,11 +163,16 @@ def _trace_to_safe_point(limit: Limit, frame: FrameType | None) -> None:
     sys.settrace(tracer)
 
 
+_installed = False
+
+
 @contextmanager
 def _main_thread_limit(limit: Limit) -> Iterator[Limit]:
-    global _main_limit
-    if signal.getsignal(signal.SIGALRM) is not _on_alarm:  # once per process
+    global _main_limit, _installed
+    if not _installed:  # once per process
         signal.signal(signal.SIGALRM, _on_alarm)
+        _installed = True
+    limit.main = True
     _main_limit = limit
     signal.setitimer(signal.ITIMER_REAL, limit.seconds)
     try:
@@ -270,6 +286,26 @@ def time_limit(
         yield None
         return
     limit = Limit(seconds, time.monotonic() + seconds, threading.get_ident(), boundary, cancel)
+    with _enforced(limit):
+        yield limit
+
+
+@contextmanager
+def loop_limit(
+    cancel: Callable[[], Any] | None = None, boundary: FrameType | None = None
+) -> Iterator[Limit]:
+    """One limit for a loop of short calls: ``limit.rearm(seconds)`` before each call.
+
+    Cheaper than `time_limit` per call (the trivial-handler loop of isolation="batch"
+    runs tens of thousands of calls a second).
+    """
+    limit = Limit(0.0, math.inf, threading.get_ident(), boundary, cancel)
+    with _enforced(limit):
+        yield limit
+
+
+@contextmanager
+def _enforced(limit: Limit) -> Iterator[Limit]:
     if threading.current_thread() is threading.main_thread():
         with _main_thread_limit(limit):
             yield limit

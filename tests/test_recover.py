@@ -103,7 +103,7 @@ def test_recover_beside_running_listeners_handles_each_event_once(
     PostTag.objects.bulk_create([PostTag(post=p, tag=t) for p in posts for t in tags])
     start_listener("--processes", "2", "--batch-size", "25")
     result = manage("recover", "--batch-size", "25")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     wait_until(lambda: not EventRecord.objects.exclude(state="done").exists(), 60)
     assert sorted(Tag.objects.values_list("post_count", flat=True)) == [1500] * 4
     assert set(EventRecord.objects.values_list("attempts", flat=True)) == {1}

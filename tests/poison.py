@@ -1,0 +1,119 @@
+"""Channels whose handlers misbehave on purpose, for tests/test_containment.py.
+
+Listener processes load it with ``EVENTBUS_LISTENER_MODULES=listeners,tests.poison``; the
+test process imports it too, for in-process ``Executor.run_batch`` runs.
+
+Every handler leaves two countable effects:
+- a row ``(event_id, note)`` in the plain table ``containment_effect`` (no unique
+  constraint, so a repeated database effect shows as a second row); it commits only with
+  the event's claim transaction;
+- a line ``<event id>`` appended to the file named by the payload's ``effects`` key, if
+  any: an external effect, which no rollback takes back.
+
+What a handler does wrong is chosen per event by the payload's ``do`` key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from django.db import connection, transaction
+
+from blog.models import Tag
+from eventbus import Channel, Event, RetryPolicy
+
+EFFECT_TABLE = "containment_effect"
+CREATE_EFFECT_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {EFFECT_TABLE} "
+    "(event_id bigint NOT NULL, note text NOT NULL DEFAULT '', pid int NOT NULL)"
+)
+NUL_TEXT = "callback server answered EVIL\x00 and hung up"
+SURROGATE_TEXT = "cannot open caf" + b"\xe9".decode("utf-8", "surrogateescape") + ".txt"
+GIVE_UP = 5.0  # seconds an overrunning handler runs if nothing stops it
+NO_RETRY_SOON = RetryPolicy(max_attempts=2, base_delay=300, jitter=False)
+
+# Any misbehaviour chosen by the payload: raise, exit the process.
+plain = Channel("containment_plain", operations=(), retry=NO_RETRY_SOON)
+# Sleeps (CONTAINMENT_SLEEP seconds, else the payload's "sleep"), then its effects.
+slow = Channel("containment_slow", operations=(), timeout=30)
+# Runs past a 50 ms timeout: in the ORM, in pure Python or in a query.
+overrun = Channel("containment_overrun", operations=(), timeout=0.05, retry=RetryPolicy(1))
+# A batch handler: 0.1 s per event, under a 0.5 s timeout (per event).
+batch = Channel("containment_batch", operations=(), timeout=0.5, retry=RetryPolicy(1))
+# Records the length and digest of the payload's "blob" it received.
+payload = Channel("containment_payload", operations=(), retry=RetryPolicy(1))
+
+
+def effect(event: Event, note: str = "") -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {EFFECT_TABLE} (event_id, note, pid) VALUES (%s, %s, %s)",
+            [event.id, note, os.getpid()],
+        )
+    path = (event.new or {}).get("effects")
+    if path:
+        with open(path, "a") as effects:
+            effects.write(f"{event.id}\n")
+
+
+@plain.on
+def misbehave(event: Event) -> None:
+    effect(event)
+    do = event.new.get("do")
+    if do == "nul":
+        raise RuntimeError(NUL_TEXT)
+    if do == "surrogate":
+        raise OSError(SURROGATE_TEXT)
+    if do == "exit":
+        os._exit(1)  # as a segfault or the OOM killer would: no cleanup, no rollback sent
+
+
+@slow.on
+def take_time(event: Event) -> None:
+    time.sleep(float(os.environ.get("CONTAINMENT_SLEEP") or event.new.get("sleep", 0)))
+    effect(event)
+
+
+@overrun.on
+def overrun_limit(event: Event) -> None:
+    """Runs past its 50 ms until stopped, or GIVE_UP seconds, then returns as if fine
+    (so an engine that cannot stop it fails the test instead of hanging it)."""
+    do = event.new.get("do")
+    give_up = time.monotonic() + GIVE_UP
+    n = 0
+    if do == "fast":
+        effect(event)
+    elif do == "orm":  # Django's own atomic blocks and get_or_create, over and over
+        while time.monotonic() < give_up:
+            with transaction.atomic():
+                Tag.objects.get_or_create(name=f"overrun-{event.id}-{n}")
+                with transaction.atomic():
+                    Tag.objects.filter(name=f"overrun-{event.id}-{n}").update(post_count=n)
+            n += 1
+    elif do == "python":
+        while True:
+            n += 1
+            if n % 1_000_000 == 0 and time.monotonic() > give_up:
+                break
+    elif do == "query":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(%s)", [GIVE_UP])
+    else:
+        raise ValueError(f"unknown behaviour {do!r}")
+    if do != "fast":
+        effect(event, "never stopped")
+
+
+@batch.on_batch
+def take_time_each(events: list[Event]) -> None:
+    for event in events:
+        time.sleep(0.1)
+        effect(event)
+
+
+@payload.on
+def measure(event: Event) -> None:
+    blob = event.new["blob"]
+    effect(event, f"{len(blob)}:{hashlib.sha256(blob.encode()).hexdigest()}")
