@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from django.db import connections
-from psycopg import sql as psql
 
 from eventbus import registry, sql, status, wiring
 from eventbus.event import DEAD, DONE, FAILED, PENDING
@@ -28,10 +27,9 @@ from eventbus.executor import Executor, Outcome
 from eventbus.worker import worker_name
 
 REPLAYABLE = (PENDING, FAILED)
+
+
 # Outcomes that no longer hold back the later events of their key (see sql._where).
-RELEASING = (DONE, DEAD)
-
-
 @dataclass
 class Summary:
     """Outcomes per (channel, outcome) and what is left in scope afterwards."""
@@ -95,8 +93,9 @@ def replay(
         for outcome in outcomes:
             attempted[outcome.event_id] = outcome.status
             summary.outcomes[(outcome.channel, "handled" if outcome.ok else outcome.status)] += 1
-        released = any(o.status in RELEASING for o in outcomes)
-        pass_scope = _next_pass(bounded, attempted, alias) if released else None
+        # Another pass while the last one got somewhere: it picks up held-back events of
+        # ordered channels, and events a listener held (skipped) but then left pending.
+        pass_scope = _next_pass(bounded, attempted, alias) if outcomes else None
     executor.close()
     _tally(summary, bounded, [i for i, s in attempted.items() if s != DONE], alias)
     return summary
@@ -126,8 +125,9 @@ def _one_pass(
 
 
 def _next_pass(bounded: sql.Scope, attempted: Collection[int], alias: str) -> sql.Scope | None:
-    """The ordered events of scope not attempted yet, if any: only they can have been held back."""
-    waiting = [i for i in _ids(bounded, alias, ordered_only=True) if i not in attempted]
+    """The events of scope not attempted yet, if any: held back behind their key, or
+    skipped while a listener held them and left again (a batch cut short)."""
+    waiting = [i for i in _ids(bounded, alias) if i not in attempted]
     return replace(bounded, ids=waiting) if waiting else None
 
 
@@ -144,14 +144,8 @@ def _tally(summary: Summary, bounded: sql.Scope, unfinished: list[int], alias: s
     summary.still_pending = len(left) - summary.in_flight
 
 
-def _ids(scope: sql.Scope, alias: str, ordered_only: bool = False) -> list[int]:
+def _ids(scope: sql.Scope, alias: str) -> list[int]:
     """Ids of the events in `scope` whatever their key's order allows, oldest first."""
-    where, params = sql._where(replace(scope, ordered_channels=()))
-    query = psql.SQL("SELECT e.id FROM {table} AS e WHERE {where}{ordered} ORDER BY e.id").format(
-        table=sql.TABLE,
-        where=where,
-        ordered=psql.SQL(" AND e.ordered") if ordered_only else psql.SQL(""),
-    )
     with connections[alias].cursor() as cursor:
-        cursor.execute(query, params)
+        cursor.execute(*sql.ids_in(replace(scope, ordered_channels=())))
         return [row[0] for row in cursor.fetchall()]

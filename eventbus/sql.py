@@ -161,6 +161,15 @@ def count_unresolved(scope: Scope, touched: Sequence[int]) -> tuple[sql.Composed
     return query, {**params, "touched": list(touched)}
 
 
+def ids_in(scope: Scope) -> tuple[sql.Composed, dict[str, Any]]:
+    """Ids of the events of `scope`, oldest first (what a replay may still take)."""
+    where, params = _where(scope)
+    query = sql.SQL("SELECT e.id FROM {table} AS e WHERE {where} ORDER BY e.id").format(
+        table=TABLE, where=where
+    )
+    return query, params
+
+
 def max_id() -> sql.Composed:
     return sql.SQL("SELECT coalesce(max(id), 0) FROM {table}").format(table=TABLE)
 

@@ -117,3 +117,25 @@ def take_time_each(events: list[Event]) -> None:
 def measure(event: Event) -> None:
     blob = event.new["blob"]
     effect(event, f"{len(blob)}:{hashlib.sha256(blob.encode()).hexdigest()}")
+
+
+# The chaos suite's mix (tests/test_chaos.py): one attempt, so a poison event dies at once.
+chaos = Channel("containment_chaos", operations=(), timeout=1.0, retry=RetryPolicy(1))
+
+
+@chaos.on
+def chaos_mix(event: Event) -> None:
+    do = event.new.get("do")
+    if do == "slow":
+        time.sleep(0.3)
+    effect(event)
+    if do == "exit":
+        os._exit(1)
+    if do == "nul":
+        raise RuntimeError(NUL_TEXT)
+    if do == "orm":  # past its 1 s inside Django's atomic blocks, until stopped
+        n = 0
+        while True:
+            with transaction.atomic():
+                Tag.objects.get_or_create(name=f"chaos-{event.id}-{n}")
+            n += 1

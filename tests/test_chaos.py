@@ -153,3 +153,85 @@ def test_no_event_lost_or_doubled_under_chaos(
         f"dead as planned), disruptions {dict(disruptions)}, emails {sum(received.values())} "
         f"for {len(done_comments)} comments ({doubles} sent twice by batches in flight)"
     )
+
+
+POISON = {"exit": 2, "nul": 3, "orm": 3}  # events of each kind of poison in the stream
+
+
+def test_poison_events_never_stall_the_queue_and_die_alone(tmp_path: Path) -> None:
+    """A stream with events that kill their worker, raise a NUL in their error, or run past
+    their timeout inside the ORM, among innocent and slow ones, while a listener is stopped
+    with SIGTERM mid-batch and started again. The queue keeps moving, exactly the poison
+    events die, every other event's database effect happens once, and restarts are bounded
+    by CRASH_LIMIT per killer."""
+    from eventbus import conf
+    from tests import poison
+
+    rng = random.Random(SEED)
+    kinds = ["ok"] * 240 + ["slow"] * 30 + [k for k, n in POISON.items() for _ in range(n)]
+    rng.shuffle(kinds)
+    with connection.cursor() as cursor:
+        cursor.execute(poison.CREATE_EFFECT_TABLE)
+    records = EventRecord.objects.bulk_create(
+        EventRecord(channel="containment_chaos", operation="PUBLISH", table_name="", new={"do": k})
+        for k in kinds
+    )
+    kind_of = {r.pk: k for r, k in zip(records, kinds, strict=True)}
+    env = manage_env(
+        EVENTBUS_LISTENER_MODULES="listeners,tests.poison",
+        EVENTBUS_HANG_GRACE="5",
+        EVENTBUS_SHUTDOWN_TIMEOUT="8",
+    )
+    logs = iter(tmp_path / f"listen-{i}.log" for i in range(100))
+    args = ("--processes", "2", "--batch-size", "20", "--poll-interval", "0.2")
+    steady = Listener(next(logs), *args, env=env)
+    restarted = [Listener(next(logs), *args, env=env)]
+
+    def finished() -> int:
+        return EventRecord.objects.filter(state__in=["done", "dead"]).count()
+
+    try:
+        for _ in range(3):  # SIGTERM while slow handlers run; nothing may be lost or redone
+            progress = finished()
+            wait_until(lambda p=progress: finished() > p, 30, what="the queue to keep moving")
+            restarted[-1].wait_started(2)  # stop a running listener, not a starting one
+            assert restarted[-1].terminate(timeout=20) == 0
+            restarted.append(Listener(next(logs), *args, env=env))
+        wait_until(
+            lambda: not EventRecord.objects.filter(state__in=["pending", "failed"]).exists(),
+            90,
+            interval=0.2,
+            what="every event done or dead",
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT event_id, count(*) FROM {poison.EFFECT_TABLE} GROUP BY 1")
+            effects = dict(cursor.fetchall())
+    finally:
+        steady.stop()
+        for listener in restarted:
+            listener.stop()
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {poison.EFFECT_TABLE}")
+
+    rows = {r.pk: r for r in EventRecord.objects.filter(channel="containment_chaos")}
+    dead = {i for i, r in rows.items() if r.state == "dead"}
+    poisoned = {i for i, k in kind_of.items() if k in POISON}
+    assert dead == poisoned, [
+        (i, kind_of[i], rows[i].attempts, rows[i].last_error.splitlines()[0])
+        for i in sorted(dead ^ poisoned)
+    ]
+    for i in dead:
+        expected = {
+            "exit": "worker died while handling this event",
+            "nul": "RuntimeError: callback server answered EVIL\ufffd",
+            "orm": "HandlerTimeout: handler ran longer than 1 s",
+        }[kind_of[i]]
+        assert expected in rows[i].last_error, (kind_of[i], rows[i].last_error)
+    assert {i: effects.get(i) for i in rows if i not in dead} == dict.fromkeys(
+        set(rows) - dead, 1
+    ), "every other event's database effect exactly once"
+    assert not any(effects.get(i) for i in dead), "a dead event's effects rolled back"
+    restarts = sum(
+        path.read_text().count("exited with code") for path in tmp_path.glob("listen-*.log")
+    )
+    assert restarts <= conf.get().CRASH_LIMIT * POISON["exit"], restarts
