@@ -104,13 +104,12 @@ class Claim:
 
     event: Event
     lazy: bool  # its payload was left out for its size
-    unfinished: int  # starts recorded in the crash ledger that never finished
     transient_errors: int
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Claim:
         """From a row of ``sql.claim``."""
-        return cls(Event.from_row(row[:9]), bool(row[9]), int(row[11]), int(row[10]))
+        return cls(Event.from_row(row[:9]), row[9], row[10])
 
 
 class Budget:
@@ -201,19 +200,23 @@ class Executor:
                 baseline = _bookkeeping(connection)
                 with connection.cursor() as cursor:
                     cursor.execute(self._pin_for(limit))
-                    cursor.execute(*sql.claim(scope, limit, inline, self.ledger.batch))
-                    claims = sorted(map(Claim.from_row, cursor.fetchall()), key=_by_id)
+                    cursor.execute(*sql.claim(scope, limit, inline))
+                    claims = [Claim.from_row(row) for row in cursor.fetchall()]
                     cursor.execute(sql.UNPIN_CLAIM_PLAN)
                 if not claims:
                     return []
                 ids = [c.event.id for c in claims]
-                if len(claims) > 1 and any(c.unfinished for c in claims):
+                unfinished = self.ledger.started(
+                    [(c.event.id, c.event.attempt - 1) for c in claims]
+                )
+                recorded = True
+                if unfinished and len(claims) > 1:
+                    self.ledger.forget()  # this start never happened: each runs alone now
                     raise _RunAlone(ids)  # rolls the claim back; no handler has run
-                if claims[0].unfinished >= self.settings.CRASH_LIMIT:
-                    outcomes = [self._crashed(claims[0])]
+                if unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
+                    self.ledger.forget()
+                    outcomes = [self._crashed(claims[0], unfinished[ids[0]])]
                 else:
-                    self.ledger.started([(c.event.id, c.event.attempt - 1) for c in claims])
-                    recorded = True
                     outcomes = self._handle_all(claims, connection)
                     self._check_state(connection, baseline)
                 self._mark(outcomes)
@@ -266,9 +269,9 @@ class Executor:
         event = claim.event
         return [Outcome(event.id, event.channel, event.attempt, DEAD, reason, 0.0)]
 
-    def _crashed(self, claim: Claim) -> Outcome:
+    def _crashed(self, claim: Claim, deaths: int) -> Outcome:
         event = claim.event
-        reason = f"worker died while handling this event {claim.unfinished} times"
+        reason = f"worker died while handling this event {deaths} times"
         error = _WorkerDied(reason)
         self._run_dead_hook(event, reason)
         return Outcome(event.id, event.channel, event.attempt, DEAD, describe(error), 0.0)
@@ -611,10 +614,6 @@ class _WorkerDied(Exception):
 
 
 _SAVEPOINT_SQL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
-
-
-def _by_id(claim: Claim) -> int:
-    return claim.event.id
 
 
 def _broken(connection: Any) -> bool:

@@ -47,11 +47,16 @@ class CrashLedger:
         self._next_collect = time.monotonic() + COLLECT_INTERVAL
         _open.add(self)
 
-    def started(self, events: Sequence[tuple[int, int]]) -> None:
+    def started(self, events: Sequence[tuple[int, int]]) -> dict[int, int]:
         """Record a start for each (event id, attempts so far); drop the previous batch's
-        row. Autocommitted: it survives whatever happens to the claim transaction."""
-        row = self._execute(*sql.ledger_start(self.worker, events, self.batch))
-        self.batch = int(row[0])
+        row. Autocommitted: it survives whatever happens to the claim transaction.
+
+        Returns the unfinished starts recorded before this one, by event id (most
+        batches: none). One round trip either way.
+        """
+        batch, ids, counts = self._execute(*sql.ledger_start(self.worker, events, self.batch))
+        self.batch = int(batch)
+        return dict(zip(ids, counts, strict=True)) if ids else {}
 
     def forget(self) -> None:
         """Delete the current batch's row now: its batch was lost with its connection, or

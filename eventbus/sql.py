@@ -62,34 +62,26 @@ def pin_claim_plan(idle_timeout_ms: int) -> sql.Composed:
 UNPIN_CLAIM_PLAN = sql.SQL("SET LOCAL enable_bitmapscan = DEFAULT; SET LOCAL enable_sort = DEFAULT")
 
 
-def claim(
-    scope: Scope, limit: int, inline: int = 2**62, own_batch: int = 0
-) -> tuple[sql.Composed, dict[str, Any]]:
+def claim(scope: Scope, limit: int, inline: int = 2**62) -> tuple[sql.Composed, dict[str, Any]]:
     """Lock and return up to `limit` events of `scope`, oldest first, skipping locked ones.
 
     Each row: the event's columns (``Event.from_row``), with a payload larger than
     `inline` bytes left out (fetched by `payloads` just before its handler runs, so a
-    batch of large rows cannot exhaust memory); whether it was left out; the event's
-    transient errors; and its unfinished starts in the crash ledger, not counting the
-    worker's own last batch (`own_batch`), which it knows committed. Not in id order.
+    batch of large rows cannot exhaust memory); whether it was left out; and the event's
+    transient errors so far.
     """
     where, params = _where(scope)
     query = sql.SQL(
-        "WITH c AS MATERIALIZED (SELECT e.id, e.channel, e.operation, e.table_name, e.key, "
-        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.old END AS old, "
-        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.new END AS new, "
-        "extract(epoch FROM e.created_at)::float8 AS created, e.attempts, "
-        "s.bytes > %(inline)s AS lazy, e.transient_errors "
+        "SELECT e.id, e.channel, e.operation, e.table_name, e.key, "
+        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.old END, "
+        "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.new END, "
+        "extract(epoch FROM e.created_at)::float8, e.attempts, "
+        "s.bytes > %(inline)s, e.transient_errors "
         "FROM {table} AS e CROSS JOIN LATERAL (SELECT coalesce(octet_length(e.old::text), 0) "
         "+ coalesce(octet_length(e.new::text), 0) AS bytes) AS s "
-        "WHERE {where} ORDER BY e.id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED), "
-        "starts AS (SELECT u.id, u.attempts, count(*) AS n FROM {ledger} AS b "
-        "CROSS JOIN LATERAL unnest(b.event_ids, b.attempts) AS u(id, attempts) "
-        "WHERE b.id <> %(own)s GROUP BY u.id, u.attempts) "
-        "SELECT c.*, coalesce(starts.n, 0) FROM c LEFT JOIN starts "
-        "ON starts.id = c.id AND starts.attempts = c.attempts"
-    ).format(table=TABLE, ledger=LEDGER, where=where)
-    return query, {**params, "limit": limit, "inline": inline, "own": own_batch}
+        "WHERE {where} ORDER BY e.id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED"
+    ).format(table=TABLE, where=where)
+    return query, {**params, "limit": limit, "inline": inline}
 
 
 def payloads(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
@@ -107,10 +99,20 @@ def int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+# Record a batch's starts as one row, delete the worker's previous row (it committed),
+# and return the new row's id with, for each event of the batch, the starts that other
+# rows already hold for it at its current attempts: unfinished starts (a worker died).
 LEDGER_START = sql.SQL(
-    "WITH finished AS (DELETE FROM {ledger} WHERE id = %(previous)s) "
-    "INSERT INTO {ledger} (worker, event_ids, attempts) "
-    "VALUES (%(worker)s, %(ids)s::bigint[], %(attempts)s::int[]) RETURNING id"
+    "WITH finished AS (DELETE FROM {ledger} WHERE id = %(previous)s), "
+    "added AS (INSERT INTO {ledger} (worker, event_ids, attempts) "
+    "VALUES (%(worker)s, %(ids)s::bigint[], %(attempts)s::int[]) RETURNING id), "
+    "unfinished AS (SELECT u.id, count(*) AS n FROM {ledger} AS b "
+    "CROSS JOIN LATERAL unnest(b.event_ids, b.attempts) AS u(id, attempts) "
+    "JOIN unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS c(id, attempts) "
+    "ON c.id = u.id AND c.attempts = u.attempts "
+    "WHERE b.id <> %(previous)s GROUP BY u.id) "
+    "SELECT (SELECT id FROM added), array_agg(unfinished.id), array_agg(unfinished.n) "
+    "FROM unfinished"
 ).format(ledger=LEDGER)
 
 LEDGER_FORGET = sql.SQL("DELETE FROM {ledger} WHERE id = %s").format(ledger=LEDGER)
@@ -220,7 +222,7 @@ def _where(scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
 MARK_DONE = sql.SQL(
     "UPDATE {table} SET state = {done}, attempts = attempts + 1, "
     "first_claimed_at = coalesce(first_claimed_at, now()), finished_at = clock_timestamp(), "
-    "worker = %s WHERE id = ANY(%s::bigint[])"
+    "worker = %s WHERE id = ANY(%s)"
 ).format(table=TABLE, done=sql.Literal(DONE))
 
 MARK_ERRORS = sql.SQL(
@@ -251,7 +253,7 @@ class ErrorMark:
 
 
 def mark_done(worker: str, ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
-    return MARK_DONE, [worker, int_array(ids)]
+    return MARK_DONE, [worker, list(ids)]
 
 
 def mark_errors(worker: str, marks: Sequence[ErrorMark]) -> tuple[sql.Composed, dict[str, Any]]:
