@@ -58,8 +58,9 @@ class Event:
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Event:
-        """Build from a claim query row (see ``eventbus.sql.claim``)."""
-        id_, channel, operation, table, key, old, new, created_at, attempts = row
+        """Build from a claim query row (see ``eventbus.sql.claim``); later columns of
+        the row are the executor's."""
+        id_, channel, operation, table, key, old, new, created_at, attempts = row[:9]
         if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
             created_at = datetime.fromtimestamp(created_at, UTC)
         return cls(

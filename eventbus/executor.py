@@ -32,9 +32,10 @@ import logging
 import math
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from django.db import connections, transaction
@@ -98,9 +99,9 @@ class Outcome:
         return self.status == DONE
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A claimed event and what the claim learnt about it besides the event itself."""
+class Claim(NamedTuple):
+    """A claimed event and what the claim learnt about it besides the event itself (a
+    named tuple: one is built per event, on the hot path)."""
 
     event: Event
     lazy: bool  # its payload was left out for its size
@@ -109,7 +110,7 @@ class Claim:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Claim:
         """From a row of ``sql.claim``."""
-        return cls(Event.from_row(row[:9]), row[9], row[10])
+        return cls(Event.from_row(row), row[9], row[10])
 
 
 class Budget:
@@ -151,6 +152,8 @@ class Executor:
         self.ledger = CrashLedger(worker_name, alias)
         self._pins: dict[int, Any] = {}
         self.unstarted: list[int] = []  # claimed by the last batch but left pending
+        self._baseline: tuple[Any, ...] = ()  # Django's bookkeeping inside the claim
+        self._forget_pending = False  # a start lost with its connection, to take back
         self._fits = 2**31  # events the last claim transaction could handle (see _claim_size)
 
     # --- A batch ---------------------------------------------------------------------
@@ -195,9 +198,13 @@ class Executor:
         inline = max(1, self.settings.PAYLOAD_BUDGET // max(limit, 1))
         claims: list[Claim] = []
         recorded = False  # the crash ledger holds a start for this batch
+        raw = None  # the psycopg connection the claim ran on
+        if self._forget_pending:
+            self._forget_lost_start()
         try:
             with routing.pinned(self.alias), transaction.atomic(using=self.alias):
-                baseline = _bookkeeping(connection)
+                self._baseline = _bookkeeping(connection)
+                raw = connection.connection
                 with connection.cursor() as cursor:
                     cursor.execute(self._pin_for(limit))
                     cursor.execute(*sql.claim(scope, limit, inline))
@@ -214,22 +221,25 @@ class Executor:
                     self.ledger.forget()  # this start never happened: each runs alone now
                     raise _RunAlone(ids)  # rolls the claim back; no handler has run
                 if unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
-                    self.ledger.forget()
+                    # The start just recorded stays: if the on_dead hook kills the worker
+                    # too, the next claim knows, and skips the hook.
                     outcomes = [self._crashed(claims[0], unfinished[ids[0]])]
                 else:
                     outcomes = self._handle_all(claims, connection)
-                    self._check_state(connection, baseline)
+                    self._check_state()
                 self._mark(outcomes)
         except (_RunAlone, LedgerUnavailable):
             raise
         except BaseException as exc:
-            if recorded and _broken(connection):
+            lost = raw is not None and raw.broken  # by the server or the network
+            if recorded and lost:
                 # The connection died, not the worker: this start says nothing about the
-                # events (a restarted database, a terminated backend). Take it back if
-                # the ledger's own connection still works.
+                # events (a restarted database, a terminated backend). Take it back, now
+                # or before the next claim if the ledger's connection died too.
+                self._forget_pending = True
                 with contextlib.suppress(LedgerUnavailable):
-                    self.ledger.forget()
-            if not claims or _broken(connection) or isinstance(exc, KeyboardInterrupt):
+                    self._forget_lost_start()
+            if not claims or lost:
                 raise  # nothing ran, or the connection is gone: the worker reconnects
             self._discard_connection()
             raise BatchFailed([c.event.id for c in claims], exc) from exc
@@ -271,10 +281,18 @@ class Executor:
 
     def _crashed(self, claim: Claim, deaths: int) -> Outcome:
         event = claim.event
-        reason = f"worker died while handling this event {deaths} times"
+        limit = self.settings.CRASH_LIMIT
+        reason = f"worker died while handling this event {min(deaths, limit)} times"
+        if deaths > limit:  # the on_dead hook itself killed the worker: not again
+            reason += "; its on_dead hook was skipped (the worker died running it)"
+        else:
+            self._run_dead_hook(event, reason)
         error = _WorkerDied(reason)
-        self._run_dead_hook(event, reason)
         return Outcome(event.id, event.channel, event.attempt, DEAD, describe(error), 0.0)
+
+    def _forget_lost_start(self) -> None:
+        self.ledger.forget()
+        self._forget_pending = False
 
     # --- Handling ----------------------------------------------------------------------
 
@@ -337,13 +355,16 @@ class Executor:
                     limit.rearm(timeout)
                     self._inject_fault(event)
                     registry.handler_for(event.channel).handler(event)
-                    limit.rearm(None)
                     if limit.fired:
                         raise Deadline
+                    limit.rearm(None)
                     seconds[event.id] = perf_counter() - started
                     taken.append(claim)
-        except (Exception, Deadline):
+        except BaseException as exc:  # whatever a handler raises: redo one by one
+            _release_frames(exc)
+            del exc
             self.liveness.idle()
+            self._check_state()
             results: dict[int, Outcome] = {}
             for claim in claims:
                 if results and budget.exhausted():
@@ -434,17 +455,22 @@ class Executor:
         self.liveness.busy(timeout)
         try:
             with transaction.atomic(using=self.alias), self._limit(timeout) as limit:
-                for event in events if inject else ():
-                    self._inject_fault(event)
-                call()
+                try:
+                    for event in events if inject else ():
+                        self._inject_fault(event)
+                    call()
+                except BaseException as exc:
+                    _release_frames(exc)
+                    raise
                 if probe:
                     raise _ProbeSucceeded
         except _ProbeSucceeded:
             pass
-        except (Exception, Deadline, KeyboardInterrupt, SystemExit) as exc:
+        except BaseException as exc:  # whatever a handler raises: its event's error
             error = exc
         finally:
             self.liveness.idle()
+        self._check_state()
         if limit is not None and limit.fired and error is not None:
             error = HandlerTimeout(f"handler ran longer than {timeout:g} s")
         return error, time.perf_counter() - started
@@ -550,15 +576,19 @@ class Executor:
 
     # --- Transaction state -------------------------------------------------------------
 
-    def _check_state(self, connection: Any, baseline: tuple[Any, ...]) -> None:
-        """Never commit on a connection whose state is unknown: Django must be back in
-        exactly the claim's atomic block, and the server in a healthy transaction."""
+    def _check_state(self) -> None:
+        """Never go on, or commit, on a connection whose state is unknown: after every
+        attempt Django must be back in exactly the claim's atomic block, and the server in
+        a healthy transaction. A handler that left an atomic block open, closed the
+        connection or corrupted Django's bookkeeping fails the batch, which then runs
+        event by event, so the culprit fails alone."""
+        connection = connections[self.alias]
         conn = connection.connection
         status = conn.info.transaction_status if conn is not None else None
         now = _bookkeeping(connection)
-        if now != baseline or status != psycopg.pq.TransactionStatus.INTRANS:
+        if now != self._baseline or status != _INTRANS:
             raise TransactionStateUnknown(
-                f"Django's transaction bookkeeping {now} (expected {baseline}), "
+                f"Django's transaction bookkeeping {now} (expected {self._baseline}), "
                 f"server transaction status {status}"
             )
 
@@ -616,9 +646,15 @@ class _WorkerDied(Exception):
 _SAVEPOINT_SQL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
 
 
-def _broken(connection: Any) -> bool:
-    conn = connection.connection
-    return conn is None or conn.closed or conn.broken
+_INTRANS = psycopg.pq.TransactionStatus.INTRANS
+
+
+def _release_frames(exc: BaseException) -> None:
+    """Free the failed handler's frames now, inside its savepoint, not whenever the cyclic
+    garbage collector gets to them: a server-side cursor (``QuerySet.iterator()``) that
+    they hold then closes while its savepoint still exists, instead of sending CLOSE later
+    into whatever transaction is current (which aborts it)."""
+    traceback.clear_frames(exc.__traceback__)
 
 
 def _bookkeeping(connection: Any) -> tuple[Any, ...]:

@@ -78,9 +78,14 @@ def replay(
     batch_size: int,
     alias: str = "default",
     on_batch: Callable[[list[Outcome]], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> Summary:
-    """Handle every event of `scope` that can run, each at most once; count what is left."""
-    executor = Executor(f"recover@{worker_name()}", alias)
+    """Handle every event of `scope` that can run, each at most once; count what is left.
+
+    `should_stop` (Ctrl-C): the handler in flight finishes, its batch commits, the replay
+    ends there and counts what is left.
+    """
+    executor = Executor(f"recover@{worker_name()}", alias, should_stop=should_stop)
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.max_id())
         (upto_id,) = cursor.fetchone()
@@ -88,7 +93,7 @@ def replay(
     summary = Summary()
     attempted: dict[int, str] = {}  # event id -> its outcome in this replay
     pass_scope: sql.Scope | None = bounded
-    while pass_scope is not None:
+    while pass_scope is not None and not should_stop():
         outcomes = _one_pass(executor, pass_scope, batch_size, on_batch)
         for outcome in outcomes:
             attempted[outcome.event_id] = outcome.status

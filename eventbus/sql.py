@@ -116,6 +116,7 @@ LEDGER_START = sql.SQL(
 ).format(ledger=LEDGER)
 
 LEDGER_FORGET = sql.SQL("DELETE FROM {ledger} WHERE id = %s").format(ledger=LEDGER)
+LEDGER_FORGET_WORKER = sql.SQL("DELETE FROM {ledger} WHERE worker = %s").format(ledger=LEDGER)
 
 
 def ledger_collect(age: float) -> tuple[sql.Composed, list[Any]]:

@@ -20,7 +20,8 @@ from typing import Any
 
 from django.db import connections
 
-from eventbus import metrics, sql
+from eventbus import metrics
+from eventbus.bookkeeper import Bookkeeper
 from eventbus.liveness import Liveness
 from eventbus.worker import Worker, WorkerOptions, worker_host
 
@@ -59,6 +60,7 @@ class Supervisor:
         self._liveness = [Liveness() for _ in range(processes)]
         self.restarts = 0  # workers that died or were killed, since start
         self._next_vouch = 0.0
+        self._bookkeeper = Bookkeeper(options.alias)
         self._started_at: list[float] = [0.0] * processes
         self._restart_delay: list[float] = [0.0] * processes
         self._stopping = False
@@ -107,14 +109,7 @@ class Supervisor:
             and process.is_alive()
             and self._liveness[slot].overdue(VOUCH_SLACK) is None
         ]
-        if not names:
-            return
-        try:
-            with connections[self.options.alias].cursor() as cursor:
-                cursor.execute(sql.VOUCH_FOR_WORKERS, [names])
-        except Exception as exc:  # the database is down: workers reconnect on their own
-            log.debug("could not refresh worker heartbeats: %s", exc)
-            connections.close_all()
+        self._bookkeeper.vouch(names)
 
     def _start(self, slot: int) -> None:
         connections.close_all()  # a forked child must not share the parent's sockets
@@ -153,7 +148,7 @@ class Supervisor:
         self.restarts += 1
         if process.pid is not None:
             metrics.worker_exited(process.pid)
-            self._forget(process.pid)
+            self._bookkeeper.forget(f"{worker_host()}:{process.pid}")
         lived = time.monotonic() - self._started_at[slot]
         # A worker that dies at once is crash-looping (bad settings, database down): back off.
         self._restart_delay[slot] = (
@@ -172,16 +167,6 @@ class Supervisor:
         if not self._stopping:
             self._start(slot)
 
-    def _forget(self, pid: int) -> None:
-        """Remove a dead worker's heartbeat row: only live workers count for health."""
-        try:
-            with connections[self.options.alias].cursor() as cursor:
-                cursor.execute(sql.FORGET_WORKER, [f"{worker_host()}:{pid}"])
-        except Exception as exc:  # the database is down: the row goes stale instead
-            log.debug("could not forget worker %s: %s", pid, exc)
-        finally:
-            connections.close_all()
-
     def _shutdown(self) -> int:
         log.info(
             "supervisor stopping: waiting up to %.0f s for workers to finish", self.shutdown_timeout
@@ -196,9 +181,13 @@ class Supervisor:
         forced = [p for p in alive if p.is_alive()]
         for process in forced:
             log.error(
-                "worker pid %s did not stop in time; killing it (its batch will rerun)", process.pid
+                "worker pid %s did not stop in time; killing it (its handler in flight will rerun)",
+                process.pid,
             )
             process.kill()
             process.join()
+            # Killed by the deploy, not by its events: no crash to count against them.
+            self._bookkeeper.forget(f"{worker_host()}:{process.pid}", stopped=True)
+        self._bookkeeper.stop(timeout=5.0)
         log.info("supervisor %d stopped", os.getpid())
         return 0

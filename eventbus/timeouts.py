@@ -10,8 +10,14 @@ crash-loop workers. So nothing is ever raised into arbitrary code. When time is 
   blocks unwind correctly;
 - a handler running **Python** gets `Deadline` raised where it stands, but only when no
   frame between it and the executor belongs to Django's transaction or backend code or to
-  psycopg; otherwise it is raised at the next line of handler code (a trace function,
-  installed only once time is up).
+  psycopg; otherwise it is looked at again 50 ms later. A signal handler runs only where
+  the interpreter checks for pending work: after a call returns, at a loop's backward
+  jump, on entering a function, or inside a blocking C call, so the exception surfaces at
+  one of those points of handler code. (Raising from a line-trace function was tried and
+  dropped: a line event fires just before a ``with`` block's ``__exit__`` is called, and
+  an exception there skips it, leaving Django's atomic block open.)
+- a handler running a loop of short queries is stopped at its next query by the
+  executor (``eventbus.executor``), as if that query had failed.
 
 On the main thread the clock is ``SIGALRM`` (one system call per attempt). Off the main
 thread (several handler threads per process) a watchdog thread polls the armed limits,
@@ -76,18 +82,21 @@ class Limit:
     fired: bool = False  # the deadline passed while the call ran
     active: bool = True
     cancelled_at: float = 0.0
-    tracing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     main: bool = False  # on the main thread: SIGALRM is the clock
+    fires_at: float = math.inf  # when the SIGALRM timer is set to fire (main thread)
 
     def rearm(self, seconds: float | None) -> None:
-        """Start the clock for the next call of a loop (one system call on the main thread;
-        no limit when `seconds` is None or 0)."""
+        """Start the clock for the next call of a loop (no limit when `seconds` is None or
+        0). The timer is set only when it would fire after the new deadline: in a loop of
+        quick calls it fires once, early, and `_on_alarm` sets it again for what is left,
+        so most calls cost no system call."""
         self.fired = False
         self.seconds = seconds or 0.0
         self.deadline = time.monotonic() + seconds if seconds else math.inf
-        if self.main:
+        if self.main and self.deadline < self.fires_at:
             signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self.fires_at = self.deadline
 
 
 def _path(frame: FrameType) -> str:
@@ -130,37 +139,23 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
     limit = _main_limit
     if limit is None or not limit.active:
         return
+    now = time.monotonic()
+    if now < limit.deadline:  # set for an earlier call of a loop: wait for what is left
+        limit.fires_at = limit.deadline if limit.deadline < math.inf else math.inf
+        if limit.fires_at < math.inf:
+            signal.setitimer(signal.ITIMER_REAL, limit.deadline - now)
+        return
     limit.fired = True
     where = classify(frame, limit.boundary)
     if where == "outside":
         return
     signal.setitimer(signal.ITIMER_REAL, RECHECK)  # look again until the call ends
+    limit.fires_at = now + RECHECK
     if where == "query":
         _cancel(limit)
     elif where == "safe":
         raise Deadline
-    elif not limit.tracing:
-        _trace_to_safe_point(limit, frame)
-
-
-def _trace_to_safe_point(limit: Limit, frame: FrameType | None) -> None:
-    """Raise `Deadline` at the next line that runs in handler code, not before."""
-
-    def tracer(f: FrameType, event: str, arg: Any) -> Any:
-        if not limit.active:
-            sys.settrace(None)
-            return None
-        if event == "line" and classify(f, limit.boundary) == "safe":
-            sys.settrace(None)
-            limit.tracing = False
-            raise Deadline
-        return tracer
-
-    limit.tracing = True
-    while frame is not None and frame is not limit.boundary:
-        frame.f_trace = tracer
-        frame = frame.f_back
-    sys.settrace(tracer)
+    # "unsafe": inside Django's transaction or backend code; look again in RECHECK.
 
 
 _installed = False
@@ -175,15 +170,13 @@ def _main_thread_limit(limit: Limit) -> Iterator[Limit]:
     limit.main = True
     _main_limit = limit
     signal.setitimer(signal.ITIMER_REAL, limit.seconds)
+    limit.fires_at = limit.deadline
     try:
         yield limit
     finally:
         limit.active = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         _main_limit = None
-        if limit.tracing:
-            sys.settrace(None)
-            limit.tracing = False
 
 
 # --- Other threads: a watchdog ---------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -66,12 +68,20 @@ class Command(BaseCommand):
             return
         total = sum(recovery.plan(scope, alias).values())
         progress = Progress(total, sys.stderr) if total >= PROGRESS_FROM else None
-        summary = recovery.replay(
-            scope,
-            options["batch_size"],
-            alias,
-            on_batch=(lambda outcomes: progress.advance(len(outcomes))) if progress else None,
-        )
+        interrupted = threading.Event()  # Ctrl-C: finish the handler in flight, then stop
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+        try:
+            summary = recovery.replay(
+                scope,
+                options["batch_size"],
+                alias,
+                on_batch=(lambda outcomes: progress.advance(len(outcomes))) if progress else None,
+                should_stop=interrupted.is_set,
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if interrupted.is_set():
+            self.stderr.write("interrupted: the replay stopped after the handler in flight")
         if progress:
             progress.finish()
         self._table("replayed", dict(summary.outcomes))
