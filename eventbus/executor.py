@@ -165,6 +165,8 @@ class Executor:
         are pending again once this returns.
         """
         self.unstarted = []
+        if self.should_stop():  # asked to stop: claim nothing more
+            return []
         try:
             outcomes = self._run(scope, limit)
         except _RunAlone as request:

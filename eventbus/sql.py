@@ -105,10 +105,13 @@ def int_array(values: Iterable[int]) -> str:
 LEDGER_START = sql.SQL(
     "WITH finished AS (DELETE FROM {ledger} WHERE id = %(previous)s), "
     "added AS (INSERT INTO {ledger} (worker, event_ids, attempts) "
-    "VALUES (%(worker)s, %(ids)s::bigint[], %(attempts)s::int[]) RETURNING id), "
+    "VALUES (%(worker)s, %(ids)s::bigint[], coalesce(%(attempts)s::int[], "
+    "array_fill(0, ARRAY[cardinality(%(ids)s::bigint[])]))) RETURNING id), "
     "unfinished AS (SELECT u.id, count(*) AS n FROM {ledger} AS b "
     "CROSS JOIN LATERAL unnest(b.event_ids, b.attempts) AS u(id, attempts) "
-    "JOIN unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS c(id, attempts) "
+    "JOIN (SELECT i.id, coalesce(a.attempts, 0) AS attempts FROM unnest(%(ids)s::bigint[]) "
+    "WITH ORDINALITY AS i(id, n) LEFT JOIN unnest(%(attempts)s::int[]) WITH ORDINALITY "
+    "AS a(attempts, n) USING (n)) AS c "
     "ON c.id = u.id AND c.attempts = u.attempts "
     "WHERE b.id <> %(previous)s GROUP BY u.id) "
     "SELECT (SELECT id FROM added), array_agg(unfinished.id), array_agg(unfinished.n) "
@@ -139,7 +142,8 @@ def ledger_start(
     return LEDGER_START, {
         "worker": worker,
         "ids": int_array(event_id for event_id, _ in started),
-        "attempts": int_array(attempts for _, attempts in started),
+        # NULL for a batch of first attempts, the common case: all zeros
+        "attempts": int_array(a for _, a in started) if any(a for _, a in started) else None,
         "previous": previous,
     }
 

@@ -15,11 +15,13 @@ What a handler does wrong is chosen per event by the payload's ``do`` key.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
+import sys
 import time
 
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 
 from blog.models import Tag
 from eventbus import Channel, Event, RetryPolicy
@@ -68,10 +70,24 @@ def misbehave(event: Event) -> None:
         raise OSError(SURROGATE_TEXT)
     if do == "exit":
         os._exit(1)  # as a segfault or the OOM killer would: no cleanup, no rollback sent
+    if do == "close_old_connections":  # as a long-running job's housekeeping might
+        close_old_connections()  # in the claim transaction it closes the connection
+    if do == "close":
+        connection.close()
+    if do == "cursor":  # a server-side cursor left open by the error that ends the handler
+        rows = Tag.objects.iterator(chunk_size=1)
+        next(rows)
+        raise ValueError("gave up half-way through the tags")
+    if do == "gc":  # the cyclic garbage collector runs in the middle of this handler
+        gc.collect()
 
 
 @slow.on
 def take_time(event: Event) -> None:
+    started = (event.new or {}).get("started")
+    if started:  # a line when the handler starts (its effects come at its end)
+        with open(started, "a") as starts:
+            starts.write(f"{event.id}\n")
     time.sleep(float(os.environ.get("CONTAINMENT_SLEEP") or event.new.get("sleep", 0)))
     effect(event)
 
@@ -117,6 +133,44 @@ def take_time_each(events: list[Event]) -> None:
 def measure(event: Event) -> None:
     blob = event.new["blob"]
     effect(event, f"{len(blob)}:{hashlib.sha256(blob.encode()).hexdigest()}")
+
+
+# Its handler fails every event but the innocent ones (one attempt: they die at once);
+# its on_dead hook kills the worker process for the events whose payload asks it to.
+doomed = Channel("containment_doomed", operations=(), retry=RetryPolicy(1))
+
+
+@doomed.on
+def fail_unless_innocent(event: Event) -> None:
+    effect(event)
+    if event.new.get("do"):
+        raise RuntimeError("this event is doomed")
+
+
+@doomed.on_dead
+def die_with_it(event: Event, error: str) -> None:
+    if event.new.get("do") == "exit_on_dead":
+        os._exit(2)
+
+
+# isolation="batch": the batch's calls share one savepoint. Its handler raises what the
+# payload asks for, including what is not an Exception (KeyboardInterrupt, SystemExit).
+shared = Channel(
+    "containment_shared",
+    operations=(),
+    isolation="batch",
+    retry=RetryPolicy(max_attempts=3, base_delay=300, jitter=False),
+)
+
+
+@shared.on
+def share_a_savepoint(event: Event) -> None:
+    effect(event)
+    do = event.new.get("do")
+    if do == "interrupt":
+        raise KeyboardInterrupt
+    if do == "exit":
+        sys.exit(3)
 
 
 # The chaos suite's mix (tests/test_chaos.py): one attempt, so a poison event dies at once.

@@ -9,8 +9,12 @@ twice" are counted, not assumed.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,13 +26,15 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections, transaction
 from django.test import override_settings
+from django.utils import timezone
 
 from blog.models import Tag
+from eventbus import conf
 from eventbus.executor import Executor, Outcome
 from eventbus.models import EventRecord
 from eventbus.sql import Scope
 from tests import poison
-from tests.support import Listener, wait_until
+from tests.support import ROOT, Listener, manage_env, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -462,3 +468,209 @@ def test_a_large_payload_left_out_of_the_claim_reaches_its_handler_intact() -> N
         small: f"4:{hashlib.sha256(b'tiny').hexdigest()}",
         large: f"{len(blob)}:{digest}",
     }
+
+
+# --- Review mends: what a handler does to its worker stays with its event -----------------
+
+
+@pytest.mark.parametrize("do", ["close_old_connections", "close"])
+def test_a_handler_that_closes_the_connection_fails_alone(do: str, tmp_path: Path) -> None:
+    """Reproduced before: `close_old_connections()` (or `connection.close()`) in a handler
+    closed the claim connection; the engine took it for a database outage, reconnected and
+    ran the same batch again, for ever. Now the batch is rolled back and run event by
+    event: the culprit is made dead with the reason, the others are done once."""
+    effects = str(tmp_path / "effects")
+    with transaction.atomic():
+        ids = [publish("containment_plain", effects=effects) for _ in range(3)]
+        culprit = publish("containment_plain", effects=effects, do=do)
+        ids += [publish("containment_plain", effects=effects) for _ in range(3)]
+    innocent = list(ids)
+    ids.insert(3, culprit)
+
+    executor = Executor("t")
+    outcomes = executor.run_batch(scope("containment_plain"), 100)  # returns, never loops
+
+    by_id = {o.event_id: o.status for o in outcomes}
+    assert by_id == {pk: "dead" if pk == culprit else "done" for pk in ids}
+    assert states(ids) == by_id
+    record = event(culprit)
+    assert record.last_error.startswith("could not record this event's outcome: "), (
+        record.last_error
+    )
+    assert db_effects() == Counter(innocent), "each innocent's database effect exactly once"
+    ran = file_effects(Path(effects))
+    assert max(ran[pk] for pk in innocent) <= 2, f"runs per event: {ran}"
+    assert executor.run_batch(scope("containment_plain"), 100) == [], "nothing left to run"
+
+
+def test_an_on_dead_hook_that_kills_the_worker_is_skipped_after_it(
+    start_listener: StartListener, tmp_path: Path
+) -> None:
+    """Reproduced before: the hook of an event that dies at its first attempt called
+    `os._exit`; each restart ran the event (and its hook) again, an endless crash loop that
+    also starved the innocent event claimed with it. Now, once it has killed the worker
+    CRASH_LIMIT times, the event is made dead without running its hook again."""
+    effects = str(tmp_path / "effects")
+    with transaction.atomic():
+        doomed = publish("containment_doomed", effects=effects, do="exit_on_dead")
+        innocent = publish("containment_doomed", effects=effects)
+
+    listener = start_listener("--processes", "1", env_extra=POISONED)
+    wait_until(
+        lambda: set(states([doomed, innocent]).values()) <= {"done", "dead"},
+        30,
+        what=f"both events to be resolved ({states([doomed, innocent])}); log:\n{listener.log()}",
+    )
+    record = event(doomed)
+    assert record.state == "dead"
+    assert "its on_dead hook was skipped (the worker died running it)" in record.last_error, (
+        record.last_error
+    )
+    assert (event(innocent).state, db_effects()[innocent]) == ("done", 1)
+    assert db_effects()[doomed] == 0, "nothing of a crashed attempt commits"
+    limit = conf.get().CRASH_LIMIT
+    assert restarts(listener) <= limit + 1, listener.log()
+    ran = file_effects(Path(effects))
+    assert ran[doomed] <= limit, "its handler ran at most CRASH_LIMIT times"
+    assert ran[innocent] <= 2, "the innocent's external effect is not repeated in a loop"
+    # No more restarts once it is dead: the worker keeps handling.
+    more = publish("containment_doomed", effects=effects)
+    wait_until(lambda: event(more).state == "done", 10, what="a later event to be handled")
+    assert restarts(listener) <= limit + 1, listener.log()
+
+
+def test_a_server_side_cursor_left_open_by_a_failed_handler_harms_no_other_event() -> None:
+    """Reproduced before: a handler failed half-way through `QuerySet.iterator()`; its
+    cursor was closed later, when the garbage collector freed the handler's frames, by a
+    CLOSE sent into whatever transaction was current: that aborted it (`current transaction
+    is aborted`) or hung the worker. Now the culprit fails alone, with its own error. An
+    innocent handler runs the collector on purpose, so the timing is not left to chance."""
+    Tag.objects.bulk_create([Tag(name="cursor-a"), Tag(name="cursor-b"), Tag(name="cursor-c")])
+    executor = Executor("t")
+    for _ in range(5):
+        with transaction.atomic():
+            culprit = publish("containment_plain", do="cursor")
+            innocent = [publish("containment_plain") for _ in range(2)]
+            innocent += [publish("containment_plain", do="gc")]
+            innocent += [publish("containment_plain") for _ in range(2)]
+        outcomes = executor.run_batch(scope("containment_plain"), 100)
+        statuses = {o.event_id: (o.status, (o.error or "").split("\n")[0]) for o in outcomes}
+        assert statuses == {
+            culprit: ("failed", "ValueError: gave up half-way through the tags"),
+            **dict.fromkeys(innocent, ("done", "")),
+        }
+        record = event(culprit)
+        assert (record.state, record.attempts) == ("failed", 1)
+        assert set(states(innocent).values()) == {"done"}
+        gc.collect()  # whatever is left to free, freed now: between batches
+    assert Counter(db_effects().values()) == Counter({1: 25}), "each innocent exactly once"
+    failed = EventRecord.objects.filter(state="failed")
+    assert set(failed.values_list("new__do", flat=True)) == {"cursor"}, "nothing else fails"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # the test's own connection is healthy too
+    assert not connection.needs_rollback
+
+
+def test_workers_killed_at_the_stop_timeout_count_no_crash(
+    start_listener: StartListener, tmp_path: Path
+) -> None:
+    """Each deploy SIGTERMs the listener during a slow handler and the supervisor kills the
+    worker after EVENTBUS_SHUTDOWN_TIMEOUT. That is the deploy's doing, not the event's:
+    after more such kills than CRASH_LIMIT the event still runs, and is done."""
+    started, effects = tmp_path / "started", tmp_path / "effects"
+    pk = publish("containment_slow", sleep=3, started=str(started), effects=str(effects))
+    env = {**POISONED, "EVENTBUS_SHUTDOWN_TIMEOUT": "1"}
+    kills = conf.get().CRASH_LIMIT + 1
+    for n in range(1, kills + 1):
+        listener = start_listener("--processes", "1", env_extra=env)
+        wait_until(
+            lambda n=n: file_effects(started)[pk] >= n or event(pk).state != "pending",
+            15,
+            what=f"start {n} of the handler; log:\n{listener.log()}",
+        )
+        record = event(pk)
+        assert (record.state, record.attempts) == ("pending", 0), (n, record.last_error)
+        listener.terminate(timeout=10)
+        assert "did not stop in time" in listener.log(), listener.log()
+    assert file_effects(started)[pk] == kills
+    assert not file_effects(effects), "no kill let the handler finish"
+
+    listener = start_listener("--processes", "1", env_extra={**POISONED, "CONTAINMENT_SLEEP": "0"})
+    wait_until(
+        lambda: event(pk).state != "pending",
+        15,
+        what=f"the event to be handled; log:\n{listener.log()}",
+    )
+    record = event(pk)
+    assert (record.state, record.attempts, record.last_error) == ("done", 1, None)
+    assert file_effects(started)[pk] == kills + 1, "it ran once more: it was not made dead"
+    assert db_effects() == Counter([pk])
+
+
+@pytest.mark.parametrize(
+    ("do", "error"), [("interrupt", "KeyboardInterrupt"), ("exit", "SystemExit: 3")]
+)
+def test_keyboardinterrupt_or_systemexit_from_a_shared_savepoint_fails_its_event(
+    do: str, error: str
+) -> None:
+    """A handler of an isolation="batch" channel raises KeyboardInterrupt or SystemExit
+    (not Exceptions). Reproduced before: KeyboardInterrupt escaped the batch and killed the
+    worker; SystemExit made its event dead. Now it is that event's error like any other:
+    a failed attempt, retried later; the rest of the batch is done."""
+    with transaction.atomic():
+        innocent = [publish("containment_shared") for _ in range(3)]
+        culprit = publish("containment_shared", do=do)
+        innocent += [publish("containment_shared") for _ in range(3)]
+    try:
+        outcomes = Executor("t").run_batch(scope("containment_shared"), 100)
+    except BaseException as exc:  # not to pytest, which would stop the whole run
+        pytest.fail(f"run_batch raised {exc!r}")
+    assert {o.event_id: o.status for o in outcomes} == {
+        **dict.fromkeys(innocent, "done"),
+        culprit: "failed",
+    }
+    record = event(culprit)
+    assert (record.state, record.attempts) == ("failed", 1)
+    assert record.last_error.startswith(error), record.last_error
+    assert "worker died" not in record.last_error
+    assert record.run_after > timezone.now(), "retried later, not at once"
+    assert set(states(innocent).values()) == {"done"}
+    assert db_effects() == Counter(innocent), "each innocent exactly once; not the culprit"
+
+
+def test_ctrl_c_stops_recover_after_the_handler_in_flight(tmp_path: Path) -> None:
+    """Ctrl-C during `recover`: the handler in flight finishes and its event is done; the
+    replay stops there and the rest stay pending, unattempted. Reproduced before: the
+    KeyboardInterrupt was taken for the event's error (failed) and the replay went on."""
+    started, effects = tmp_path / "started", tmp_path / "effects"
+    with transaction.atomic():
+        ids = [
+            publish("containment_slow", sleep=2, started=str(started), effects=str(effects))
+            for _ in range(3)
+        ]
+    recover = subprocess.Popen(
+        [sys.executable, "manage.py", "recover", "--channel", "containment_slow"],
+        cwd=ROOT,
+        env=manage_env(**POISONED),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: file_effects(started), 15, what="the first handler to start")
+        recover.send_signal(signal.SIGINT)
+        output, _ = recover.communicate(timeout=15)
+    finally:
+        if recover.poll() is None:
+            recover.kill()
+            recover.wait()
+    assert "interrupted" in output, output
+    assert "Traceback" not in output, output
+    assert file_effects(started) == Counter(ids[:1]), f"no handler starts after Ctrl-C:\n{output}"
+    assert recover.returncode != 0, "events are left pending"
+    assert file_effects(effects) == Counter(ids[:1]), "the handler in flight finished"
+    records = {r.pk: r for r in EventRecord.objects.filter(pk__in=ids)}
+    assert (records[ids[0]].state, records[ids[0]].attempts) == ("done", 1)
+    for pk in ids[1:]:
+        assert (records[pk].state, records[pk].attempts) == ("pending", 0), records[pk].last_error
+    assert db_effects() == Counter(ids[:1])
