@@ -16,7 +16,7 @@ def server_url() -> str:
     url = os.environ.get("DATABASE_URL")
     if url:
         return url
-    from eventbus import embedded
+    from eventbus.integrations import embedded
 
     return embedded.start(ROOT / ".eventbus" / "pgdata")
 

@@ -20,9 +20,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from blog import signing
 from blog.models import Category, Post, Tag
-from eventbus import status
 from eventbus.event import DEAD, DONE, FAILED, PENDING
 from eventbus.models import EventRecord
+from eventbus.operating import status
 
 # The channels whose events make up a post's processing.
 PROCESSING_CHANNELS = ("post_created", "post_tags_changed", "post_categories_changed")

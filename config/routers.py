@@ -1,7 +1,7 @@
 """The reference site's read replica: reads go to it, writes to the primary.
 
 The usual Django read-replica router. It is second in ``DATABASE_ROUTERS``, after
-``eventbus.routing.PrimaryForHandlers``, which overrides it while a handler runs.
+``eventbus.PrimaryForHandlers``, which overrides it while a handler runs.
 """
 
 from __future__ import annotations

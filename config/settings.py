@@ -58,7 +58,7 @@ TEMPLATES = [
 # DATABASE_URL selects the database. Unset: an embedded PostgreSQL in .eventbus/pgdata,
 # started on demand. Its URL is exported so that listener processes attach to the same one.
 if not os.environ.get("DATABASE_URL"):
-    from eventbus import embedded
+    from eventbus.integrations import embedded
 
     os.environ["DATABASE_URL"] = embedded.start(BASE_DIR / ".eventbus" / "pgdata")
 
@@ -66,10 +66,13 @@ DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_m
 
 # A read replica, when REPLICA_DATABASE_URL names one: the site reads from it. The
 # listener's handlers still read and write the primary, in the claiming transaction:
-# eventbus.routing.PrimaryForHandlers comes first and decides while a handler runs.
+# eventbus.PrimaryForHandlers comes first and decides while a handler runs.
 if os.environ.get("REPLICA_DATABASE_URL"):
     DATABASES["replica"] = dj_database_url.parse(os.environ["REPLICA_DATABASE_URL"], conn_max_age=0)
-    DATABASE_ROUTERS = ["eventbus.routing.PrimaryForHandlers", "config.routers.ReadReplica"]
+    DATABASE_ROUTERS = [
+        "eventbus.PrimaryForHandlers",
+        "config.routers.ReadReplica",
+    ]
 
 # The site's migrations (models and channel triggers) live in the top-level migrations/.
 MIGRATION_MODULES = {"blog": "migrations"}

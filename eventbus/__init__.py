@@ -14,10 +14,11 @@ Public API::
     def email_author(event: Event) -> None: ...
 """
 
-from eventbus.channel import DELETE, INSERT, UPDATE, Channel
+from eventbus.declaring.channel import DELETE, INSERT, UPDATE, Channel
+from eventbus.declaring.retry import EXPONENTIAL, FIBONACCI, RetryPolicy
 from eventbus.errors import GiveUp, HandlerTimeout, MalformedEvent, RetryLater, RowGone
 from eventbus.event import Event
-from eventbus.retry import EXPONENTIAL, FIBONACCI, RetryPolicy
+from eventbus.integrations.routing import PrimaryForHandlers
 
 __all__ = [
     "DELETE",
@@ -30,6 +31,7 @@ __all__ = [
     "GiveUp",
     "HandlerTimeout",
     "MalformedEvent",
+    "PrimaryForHandlers",
     "RetryLater",
     "RetryPolicy",
     "RowGone",

@@ -10,8 +10,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from eventbus import maintenance
 from eventbus.models import EventRecord, WorkerRecord
+from eventbus.operating import maintenance
 from eventbus.sql import Scope
 
 

@@ -90,7 +90,7 @@ def payloads(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     return query, [list(ids)]
 
 
-# --- The crash ledger, written on a second, autocommitted connection (eventbus.ledger) ----
+# --- The crash ledger, written on a second, autocommitted connection (eventbus.running.ledger) ----
 
 
 def int_array(values: Iterable[int]) -> str:
@@ -332,7 +332,7 @@ HEARTBEAT = sql.SQL(
 
 FORGET_WORKER = sql.SQL("DELETE FROM {workers} WHERE name = %s").format(workers=WORKERS)
 
-# The supervisor's refresh of workers it sees making progress (eventbus.liveness).
+# The supervisor's refresh of workers it sees making progress (eventbus.running.liveness).
 VOUCH_FOR_WORKERS = sql.SQL("UPDATE {workers} SET last_seen = now() WHERE name = ANY(%s)").format(
     workers=WORKERS
 )
@@ -392,7 +392,7 @@ HEALTH = sql.SQL(
 MISSING_TABLES = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL"
 
 
-# --- Coverage: runnable events that no live listener handles (eventbus.wiring) ---------
+# --- Coverage: runnable events that no live listener handles (eventbus.declaring.wiring) ---------
 
 # Heartbeat that also refreshes the channels: a crashed worker's row stays behind, and a
 # later worker with the same host:pid (a restarted container) may handle other channels.

@@ -17,7 +17,7 @@ def word_count(text: str) -> int:
 def process_new_post(event: Event) -> None:
     (post_id,) = event.require("id")
     # A 1 MB body need not travel in the event as well. Handlers read the primary
-    # (eventbus.routing), so the row is there, as the writer committed it.
+    # (eventbus.integrations.routing), so the row is there, as the writer committed it.
     body = Post.objects.filter(pk=post_id).values_list("body", flat=True).first()
     if body is None:
         raise RowGone(f"post {post_id} no longer exists")

@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from blog.models import Post
-from eventbus import ledger
+from eventbus.running import ledger
 from listeners import mail
 from tests.support import Listener, SMTPServer, manage_env
 

@@ -12,8 +12,8 @@ from django.test import Client
 
 from blog import signing
 from blog.models import Post
-from eventbus.executor import Executor
 from eventbus.models import EventRecord
+from eventbus.running.executor import Executor
 from eventbus.sql import Scope
 from tests.support import HTTPReceiver, Listener, database_url, wait_until
 

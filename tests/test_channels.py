@@ -12,7 +12,7 @@ from django.test.utils import isolate_apps
 
 from blog.models import Category, Comment, Post, Tag
 from eventbus import INSERT, UPDATE, Channel
-from eventbus.channel import channel_trigger_errors
+from eventbus.declaring.channel import channel_trigger_errors
 from eventbus.models import EventRecord
 from tests.support import database_url
 

@@ -4,7 +4,7 @@ is handled exactly once in the database, exactly the events meant to die are dea
 every email was delivered.
 
 Deterministic where it can be: the seed (CHAOS_SEED) fixes the writers, the disruptions
-and the injected faults (see eventbus.faults), so a failure can be replayed. What a seed
+and the injected faults (see eventbus.running.faults), so a failure can be replayed. What a seed
 cannot fix is timing: which batch is in flight when a worker dies.
 """
 
@@ -25,8 +25,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 
 from blog.models import Post, Tag
-from eventbus.faults import injected
 from eventbus.models import EventRecord
+from eventbus.running.faults import injected
 from tests.support import ROOT, Listener, SMTPServer, database_url, manage_env, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.chaos]

@@ -6,8 +6,8 @@ import pytest
 from django.db import connection
 from django.db.backends.postgresql.base import DatabaseWrapper
 
-from eventbus.connections import connect_listen, connection_params
-from eventbus.notifier import Notifier
+from eventbus.running.connections import connect_listen, connection_params
+from eventbus.running.notifier import Notifier
 
 pytestmark = pytest.mark.django_db
 

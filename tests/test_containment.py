@@ -30,8 +30,8 @@ from django.utils import timezone
 
 from blog.models import Tag
 from eventbus import conf
-from eventbus.executor import Executor, Outcome
 from eventbus.models import EventRecord
+from eventbus.running.executor import Executor, Outcome
 from eventbus.sql import Scope
 from tests import poison
 from tests.support import ROOT, Listener, manage_env, wait_until

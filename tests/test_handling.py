@@ -10,8 +10,8 @@ from django.test import override_settings
 
 from blog.models import Category, Comment, Post, Tag
 from eventbus import Channel, Event
-from eventbus.executor import Executor
 from eventbus.models import EventRecord
+from eventbus.running.executor import Executor
 from eventbus.sql import Scope
 from tests.support import SMTPServer, database_url, free_port, wait_until
 

@@ -16,9 +16,9 @@ from django.utils import timezone
 
 import channels
 from blog.models import Post
-from eventbus.executor import Executor
 from eventbus.models import EventRecord
-from eventbus.worker import Worker, WorkerOptions
+from eventbus.running.executor import Executor
+from eventbus.running.worker import Worker, WorkerOptions
 from listeners.posts import word_count
 from tests.support import Listener, database_url, wait_until
 

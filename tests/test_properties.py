@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from eventbus import Channel, Event, GiveUp, RetryLater, RetryPolicy
-from eventbus.executor import Executor
+from eventbus.declaring.retry import FIBONACCI, after_attempt
 from eventbus.models import EventRecord
-from eventbus.retry import FIBONACCI, after_attempt
+from eventbus.running.executor import Executor
 from eventbus.sql import Scope
 
 policies = st.builds(

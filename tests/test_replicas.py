@@ -20,7 +20,7 @@ from django.test import override_settings
 from psycopg import sql
 
 from blog.models import Comment, Post
-from eventbus import routing
+from eventbus.integrations import routing
 from tests.support import Listener, SMTPServer, database_url, manage, wait_until
 
 

@@ -13,9 +13,9 @@ from django.utils import timezone
 
 from blog.models import Comment, Post, Tag
 from eventbus import Channel, Event, GiveUp, RetryLater, RetryPolicy
-from eventbus.executor import Executor
+from eventbus.declaring.policies import resolve
 from eventbus.models import EventRecord
-from eventbus.policies import resolve
+from eventbus.running.executor import Executor
 from eventbus.sql import Scope
 from tests.support import SMTPServer, free_port
 

@@ -13,8 +13,8 @@ from django.db import connection
 from psycopg import errors, sql
 
 from blog.models import Comment, Post, PostTag, Tag
-from eventbus import roles
 from eventbus.models import EventRecord
+from eventbus.operating import roles
 from tests.support import ROOT, Listener, SMTPServer, database_url, manage, wait_until
 
 ROLE = "eventbus_test_listener"

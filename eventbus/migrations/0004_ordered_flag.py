@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 def flag_in_flight_ordered_events(apps, schema_editor):
     """Events of ordered channels written before this migration join the per-key index."""
-    from eventbus import registry
+    from eventbus.declaring import registry
 
     names = registry.ordered_channel_names()
     if names:

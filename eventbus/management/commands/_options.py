@@ -8,7 +8,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from eventbus import registry
+from eventbus.declaring import registry
 
 
 def channels(names: list[str] | None) -> tuple[str, ...] | None:

@@ -18,7 +18,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError, connections
 
-from eventbus import conf, sql, status, wiring
+from eventbus import conf, sql
+from eventbus.declaring import wiring
+from eventbus.operating import status
 
 
 class Command(BaseCommand):

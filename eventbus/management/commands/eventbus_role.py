@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from eventbus import roles
+from eventbus.operating import roles
 
 
 class Command(BaseCommand):

@@ -8,10 +8,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from eventbus import conf, maintenance, status, wiring
+from eventbus import conf
+from eventbus.declaring import wiring
 from eventbus.event import RUNNABLE, STATES
 from eventbus.management.commands import _options
 from eventbus.models import EventRecord
+from eventbus.operating import maintenance, status
 from eventbus.sql import Scope
 
 COLUMNS = (

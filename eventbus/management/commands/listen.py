@@ -7,11 +7,13 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, connections
 
-from eventbus import conf, logs, metrics, sql, status, wiring
+from eventbus import conf, sql
+from eventbus.declaring import wiring
 from eventbus.management.commands import _options
 from eventbus.models import EventRecord, InflightRecord, WorkerRecord
-from eventbus.supervisor import Supervisor
-from eventbus.worker import WorkerOptions
+from eventbus.operating import logs, metrics, status
+from eventbus.running.supervisor import Supervisor
+from eventbus.running.worker import WorkerOptions
 
 
 class Command(BaseCommand):

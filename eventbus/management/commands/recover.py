@@ -9,9 +9,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from eventbus import conf, recovery
+from eventbus import conf
 from eventbus.management.commands import _options
-from eventbus.progress import Progress
+from eventbus.operating import recovery
+from eventbus.operating.progress import Progress
 
 PROGRESS_FROM = 500  # events: below this a replay is quick enough without progress
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from django.db import connections
 
-from eventbus import metrics
-from eventbus.bookkeeper import Bookkeeper
-from eventbus.liveness import Liveness
-from eventbus.worker import Worker, WorkerOptions, worker_host
+from eventbus.operating import metrics
+from eventbus.running.bookkeeper import Bookkeeper
+from eventbus.running.liveness import Liveness
+from eventbus.running.worker import Worker, WorkerOptions, worker_host
 
 log = logging.getLogger("eventbus.supervisor")
 

@@ -13,9 +13,9 @@ import psycopg
 from django.db import connections, transaction
 
 from eventbus import sql
-from eventbus.connections import connection_params
 from eventbus.event import RUNNABLE
 from eventbus.models import EventRecord
+from eventbus.running.connections import connection_params
 
 RUNNING = "running"
 

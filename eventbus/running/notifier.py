@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from eventbus.connections import connect_listen
+from eventbus.running.connections import connect_listen
 
 
 class Notifier:

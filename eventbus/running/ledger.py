@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from eventbus import sql
-from eventbus.connections import connect_side
+from eventbus.running.connections import connect_side
 
 COLLECT_INTERVAL = 60.0  # seconds between sweeps of stale rows left by dead workers
 COLLECT_AGE = 60.0  # only rows at least this old are swept

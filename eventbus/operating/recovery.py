@@ -21,10 +21,12 @@ from datetime import datetime
 
 from django.db import connections
 
-from eventbus import registry, sql, status, wiring
+from eventbus import sql
+from eventbus.declaring import registry, wiring
 from eventbus.event import DEAD, DONE, FAILED, PENDING
-from eventbus.executor import Executor, Outcome
-from eventbus.worker import worker_name
+from eventbus.operating import status
+from eventbus.running.executor import Executor, Outcome
+from eventbus.running.worker import worker_name
 
 REPLAYABLE = (PENDING, FAILED)
 

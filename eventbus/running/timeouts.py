@@ -17,7 +17,7 @@ crash-loop workers. So nothing is ever raised into arbitrary code. When time is 
   dropped: a line event fires just before a ``with`` block's ``__exit__`` is called, and
   an exception there skips it, leaving Django's atomic block open.)
 - a handler running a loop of short queries is stopped at its next query by the
-  executor (``eventbus.executor``), as if that query had failed.
+  executor (``eventbus.running.executor``), as if that query had failed.
 
 On the main thread the clock is ``SIGALRM`` (one system call per attempt). Off the main
 thread (several handler threads per process) a watchdog thread polls the armed limits,
@@ -28,7 +28,7 @@ socket read with no timeout) is interrupted when the call returns; one that neve
 is found by the supervisor's hang detection.
 
 The executor still checks the connection's transaction state after every attempt and
-never commits on a connection whose state is unknown (``eventbus.executor``).
+never commits on a connection whose state is unknown (``eventbus.running.executor``).
 """
 
 from __future__ import annotations

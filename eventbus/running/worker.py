@@ -20,13 +20,15 @@ import psycopg
 from django import db
 from django.db import connections
 
-from eventbus import maintenance, metrics, registry, sql, wiring
-from eventbus.channel import notify_channel
-from eventbus.connections import add_keepalives
-from eventbus.executor import Executor
-from eventbus.ledger import LedgerUnavailable
-from eventbus.liveness import Liveness
-from eventbus.notifier import Notifier
+from eventbus import sql
+from eventbus.declaring import registry, wiring
+from eventbus.declaring.channel import notify_channel
+from eventbus.operating import maintenance, metrics
+from eventbus.running.connections import add_keepalives
+from eventbus.running.executor import Executor
+from eventbus.running.ledger import LedgerUnavailable
+from eventbus.running.liveness import Liveness
+from eventbus.running.notifier import Notifier
 from eventbus.sql import Scope
 
 log = logging.getLogger("eventbus.worker")

@@ -18,7 +18,8 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
-ROUTER = "eventbus.routing.PrimaryForHandlers"
+ROUTER = "eventbus.PrimaryForHandlers"  # the public path; this module's works too
+_PATHS = {ROUTER, "eventbus.integrations.routing.PrimaryForHandlers"}
 
 _claimed_on: ContextVar[str | None] = ContextVar("eventbus_claimed_on", default=None)
 
@@ -54,7 +55,7 @@ def _router_path(router: Any) -> str:
 def check_router_first(**kwargs: Any) -> list[checks.CheckMessage]:
     """With any database router, ours must come first, or handlers may read a replica."""
     routers = [_router_path(r) for r in settings.DATABASE_ROUTERS]
-    if not routers or routers[0] == ROUTER:
+    if not routers or routers[0] in _PATHS:
         return []
     return [
         checks.Error(

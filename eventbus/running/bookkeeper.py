@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from eventbus import sql
-from eventbus.connections import connect_side
+from eventbus.running.connections import connect_side
 
 log = logging.getLogger("eventbus.supervisor")
 

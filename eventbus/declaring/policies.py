@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from eventbus import conf, registry
-from eventbus.retry import RetryPolicy
+from eventbus import conf
+from eventbus.declaring import registry
+from eventbus.declaring.retry import RetryPolicy
 
 _UNSET = object()
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from eventbus.errors import UnknownChannel
 
 if TYPE_CHECKING:
-    from eventbus.channel import Channel
+    from eventbus.declaring.channel import Channel
 
 __all__ = ["Registration", "UnknownChannel"]
 

@@ -6,12 +6,12 @@ together with its event's new state, and a worker that dies mid-batch leaves no 
 the event table: its row locks vanish with its connection and the events are claimed again.
 
 What is in a batch never takes the worker down:
-- error text is cleaned before it is stored (``eventbus.errortext``);
+- error text is cleaned before it is stored (``eventbus.running.errortext``);
 - if marking a batch fails, or the connection's transaction state is no longer known
   (say a timeout fired inside Django's own savepoint code), the batch is rolled back, the
   connection dropped, and each of its events runs again alone, in its own transaction; an
   event whose outcome still cannot be recorded is made dead with the reason;
-- a worker that dies while handling is recorded in the crash ledger (``eventbus.ledger``);
+- a worker that dies while handling is recorded in the crash ledger (``eventbus.running.ledger``);
   events with an unfinished start run alone, and one that was in flight at
   ``CRASH_LIMIT`` deaths is made dead without running again.
 
@@ -22,7 +22,7 @@ the batch's share of ``PAYLOAD_BUDGET`` are fetched one event at a time.
 
 After an attempt an event is ``done``, ``failed`` (runs again after a backoff), ``pending``
 (a transient database error: runs again after a short backoff) or ``dead``; see
-``eventbus.retry``.
+``eventbus.declaring.retry``.
 """
 
 from __future__ import annotations
@@ -40,15 +40,19 @@ from typing import Any, NamedTuple
 import psycopg
 from django.db import connections, transaction
 
-from eventbus import conf, faults, metrics, registry, routing, sql
+from eventbus import conf, sql
+from eventbus.declaring import registry
+from eventbus.declaring.policies import Policies
+from eventbus.declaring.retry import after_attempt
 from eventbus.errors import HandlerTimeout
-from eventbus.errortext import describe, first_line
 from eventbus.event import DEAD, DONE, FAILED, Event
-from eventbus.ledger import CrashLedger, LedgerUnavailable
-from eventbus.liveness import Liveness
-from eventbus.policies import Policies
-from eventbus.retry import after_attempt
-from eventbus.timeouts import Deadline, loop_limit, time_limit
+from eventbus.integrations import routing
+from eventbus.operating import metrics
+from eventbus.running import faults
+from eventbus.running.errortext import describe, first_line
+from eventbus.running.ledger import CrashLedger, LedgerUnavailable
+from eventbus.running.liveness import Liveness
+from eventbus.running.timeouts import Deadline, loop_limit, time_limit
 
 log = logging.getLogger("eventbus.executor")
 

@@ -16,8 +16,9 @@ import psycopg
 from django.core import checks
 from django.db import connections
 
-from eventbus import conf, registry, sql
-from eventbus.connections import connection_params
+from eventbus import conf, sql
+from eventbus.declaring import registry
+from eventbus.running.connections import connection_params
 
 SETTING = 'EVENTBUS["LISTENER_MODULES"]'
 

@@ -22,8 +22,8 @@ from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 
-from eventbus import registry
-from eventbus.retry import RetryPolicy
+from eventbus.declaring import registry
+from eventbus.declaring.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from eventbus.event import Event

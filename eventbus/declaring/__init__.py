@@ -1,0 +1,1 @@
+"""Declaring channels: what becomes an event, who handles it, and how it retries."""

@@ -1,0 +1,1 @@
+"""Integrations with the rest of a Django project: routers, the embedded database."""

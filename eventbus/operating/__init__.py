@@ -1,0 +1,1 @@
+"""Operating: status, replay, maintenance, metrics, logs and database roles."""

@@ -1,0 +1,1 @@
+"""Running workers: the supervisor, its workers, and how a batch is claimed and handled."""
