@@ -61,9 +61,12 @@ def test_the_metrics_endpoint_counts_what_the_workers_do(
         run_after=timezone.now() - timedelta(seconds=30),
     )
     wait_until(
-        lambda: value(scrape(port), "eventbus_events_handled_total", channel="post_created") == 5,
+        lambda: (
+            value(scrape(port), "eventbus_events_handled_total", channel="post_created") == 5
+            and value(scrape(port), "eventbus_events_dead_total", channel="post_created") == 1
+        ),
         15,
-        what="5 handled in the metrics",
+        what="5 handled and 1 dead in the metrics (the two workers finish in any order)",
     )
     m = scrape(port)
     assert value(m, "eventbus_events_dead_total", channel="post_created") == 1
@@ -153,7 +156,11 @@ def test_health_events_and_metrics_name_the_channels_no_running_listener_handles
     start_listener("--channels", "post_created", "--metrics-port", str(port), workers=1)
     for channel in (NEW_CHANNEL, NEW_CHANNEL, NEW_CHANNEL, "comment_created"):
         EventRecord.objects.create(channel=channel, operation="PUBLISH", table_name="", new={})
-    assert set(WorkerRecord.objects.values_list("channels", flat=True)) == {"post_created"}
+    wait_until(  # a worker writes its heartbeat row just after it logs its start
+        lambda: set(WorkerRecord.objects.values_list("channels", flat=True)) == {"post_created"},
+        10,
+        what="the worker's heartbeat row, listing the channels it handles",
+    )
 
     ok = health()
     assert ok.returncode == 0, "by default a coverage gap warns: it does not fail a probe"

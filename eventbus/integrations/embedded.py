@@ -7,8 +7,9 @@ unix socket inside the data directory. The data directory persists between runs.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from eventbus.running.liveness import pid_alive
 
 
 def _drop_dead_handle_pids(pgdata: Path) -> None:
@@ -22,19 +23,9 @@ def _drop_dead_handle_pids(pgdata: Path) -> None:
         pids = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    alive = [pid for pid in pids if _pid_alive(int(pid))]
+    alive = [pid for pid in pids if pid_alive(int(pid))]
     if alive != pids:
         path.write_text(json.dumps(alive))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def start(data_dir: Path) -> str:

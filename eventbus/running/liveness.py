@@ -12,11 +12,23 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import time
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
 BEAT, ALLOWANCE = 0, 1
+
+
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists on this host (perhaps not ours to signal)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Liveness:

@@ -11,7 +11,6 @@ Such events still fail the backlog age check once they wait too long, and
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 
@@ -21,6 +20,7 @@ from django.db import DatabaseError, connections
 from eventbus import conf, sql
 from eventbus.declaring import wiring
 from eventbus.operating import status
+from eventbus.running.liveness import pid_alive
 
 
 class Command(BaseCommand):
@@ -120,14 +120,4 @@ def _hung_here(cursor: Any, options: dict[str, Any]) -> list[tuple[str, float]]:
     by a process that is gone is not a hung worker (its replacement has its own row).
     """
     cursor.execute(sql.SILENT_WORKERS, {"host": options["host"], "silence": options["max_silence"]})
-    return [(name, silence) for name, pid, silence in cursor.fetchall() if _alive(pid)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return [(name, silence) for name, pid, silence in cursor.fetchall() if pid_alive(pid)]
