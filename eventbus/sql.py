@@ -102,18 +102,22 @@ def int_array(values: Iterable[int]) -> str:
 # Record a batch's starts as one row, delete the worker's previous row (it committed),
 # and return the new row's id with, for each event of the batch, the starts that other
 # rows already hold for it at its current attempts: unfinished starts (a worker died).
+# Rows hold runs of consecutive ids (see eventbus.models.InflightRecord); so do the
+# parameters, and the overlap of two runs is expanded only where runs meet, which is
+# only after a crash.
 LEDGER_START = sql.SQL(
     "WITH finished AS (DELETE FROM {ledger} WHERE id = %(previous)s), "
-    "added AS (INSERT INTO {ledger} (worker, event_ids, attempts) "
-    "VALUES (%(worker)s, %(ids)s::bigint[], coalesce(%(attempts)s::int[], "
-    "array_fill(0, ARRAY[cardinality(%(ids)s::bigint[])]))) RETURNING id), "
-    "unfinished AS (SELECT u.id, count(*) AS n FROM {ledger} AS b "
-    "CROSS JOIN LATERAL unnest(b.event_ids, b.attempts) AS u(id, attempts) "
-    "JOIN (SELECT i.id, coalesce(a.attempts, 0) AS attempts FROM unnest(%(ids)s::bigint[]) "
-    "WITH ORDINALITY AS i(id, n) LEFT JOIN unnest(%(attempts)s::int[]) WITH ORDINALITY "
-    "AS a(attempts, n) USING (n)) AS c "
-    "ON c.id = u.id AND c.attempts = u.attempts "
-    "WHERE b.id <> %(previous)s GROUP BY u.id) "
+    "added AS (INSERT INTO {ledger} (worker, first_ids, last_ids, attempts) "
+    "VALUES (%(worker)s, %(firsts)s::bigint[], %(lasts)s::bigint[], %(attempts)s::int[]) "
+    "RETURNING id), "
+    "ours AS (SELECT * FROM unnest(%(firsts)s::bigint[], %(lasts)s::bigint[], "
+    "%(attempts)s::int[]) AS o(first_id, last_id, attempts)), "
+    "theirs AS (SELECT r.* FROM {ledger} AS b CROSS JOIN LATERAL unnest(b.first_ids, "
+    "b.last_ids, b.attempts) AS r(first_id, last_id, attempts) WHERE b.id <> %(previous)s), "
+    "unfinished AS (SELECT g.id, count(*) AS n FROM ours AS o JOIN theirs AS t "
+    "ON t.attempts = o.attempts AND t.first_id <= o.last_id AND t.last_id >= o.first_id "
+    "CROSS JOIN LATERAL generate_series(greatest(o.first_id, t.first_id), "
+    "least(o.last_id, t.last_id)) AS g(id) GROUP BY g.id) "
     "SELECT (SELECT id FROM added), array_agg(unfinished.id), array_agg(unfinished.n) "
     "FROM unfinished"
 ).format(ledger=LEDGER)
@@ -128,8 +132,9 @@ def ledger_collect(age: float) -> tuple[sql.Composed, list[Any]]:
     to delete, and crashed ones now resolved."""
     query = sql.SQL(
         "DELETE FROM {ledger} AS b WHERE b.started_at < now() - make_interval(secs => %s) "
-        "AND NOT EXISTS (SELECT 1 FROM unnest(b.event_ids, b.attempts) AS u(id, attempts) "
-        "JOIN {table} AS e ON e.id = u.id AND e.attempts = u.attempts WHERE {runnable})"
+        "AND NOT EXISTS (SELECT 1 FROM unnest(b.first_ids, b.last_ids, b.attempts) "
+        "AS r(first_id, last_id, attempts) JOIN {table} AS e ON e.id BETWEEN r.first_id "
+        "AND r.last_id AND e.attempts = r.attempts WHERE {runnable})"
     ).format(ledger=LEDGER, table=TABLE, runnable=_in("e.state", RUNNABLE))
     return query, [age]
 
@@ -137,13 +142,23 @@ def ledger_collect(age: float) -> tuple[sql.Composed, list[Any]]:
 def ledger_start(
     worker: str, started: Sequence[tuple[int, int]], previous: int
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """Record a batch's starts (event id, attempts so far) as one row, and delete the
-    worker's previous batch row, which committed (one statement, one round trip)."""
+    """Record a batch's starts, (event id, attempts so far) in id order, as one row of
+    runs, and delete the worker's previous row, which committed: one round trip."""
+    firsts: list[int] = []
+    lasts: list[int] = []
+    attempts: list[int] = []
+    for event_id, tries in started:
+        if lasts and event_id == lasts[-1] + 1 and tries == attempts[-1]:
+            lasts[-1] = event_id
+        else:
+            firsts.append(event_id)
+            lasts.append(event_id)
+            attempts.append(tries)
     return LEDGER_START, {
         "worker": worker,
-        "ids": int_array(event_id for event_id, _ in started),
-        # NULL for a batch of first attempts, the common case: all zeros
-        "attempts": int_array(a for _, a in started) if any(a for _, a in started) else None,
+        "firsts": int_array(firsts),
+        "lasts": int_array(lasts),
+        "attempts": int_array(attempts),
         "previous": previous,
     }
 
