@@ -60,18 +60,9 @@ class Event:
     def from_row(cls, row: tuple[Any, ...]) -> Event:
         """Build from a claim query row (see ``eventbus.sql.claim``); later columns of
         the row are the executor's."""
-        created_at = row[7]
+        id_, channel, operation, table, key, old, new, created_at, attempts = row[:9]
         if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
             created_at = datetime.fromtimestamp(created_at, UTC)
-        old, new = row[5], row[6]
         return cls(
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            old if old is None or isinstance(old, dict) else _json(old),
-            new if new is None or isinstance(new, dict) else _json(new),
-            created_at,
-            row[8] + 1,
+            id_, channel, operation, table, key, _json(old), _json(new), created_at, attempts + 1
         )

@@ -35,7 +35,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg
 from django.db import connections, transaction
@@ -54,6 +54,7 @@ from eventbus.running.ledger import CrashLedger, LedgerUnavailable
 from eventbus.running.liveness import Liveness
 from eventbus.running.timeouts import Deadline, loop_limit, time_limit
 
+from_row = Event.from_row
 log = logging.getLogger("eventbus.executor")
 
 # SQLSTATEs that say "try again", not "this event is bad": class 40 (transaction
@@ -103,20 +104,6 @@ class Outcome:
         return self.status == DONE
 
 
-class Claim(NamedTuple):
-    """A claimed event and what the claim learnt about it besides the event itself (a
-    named tuple: one is built per event, on the hot path)."""
-
-    event: Event
-    lazy: bool  # its payload was left out for its size
-    transient_errors: int
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Claim:
-        """From a row of ``sql.claim``."""
-        return cls(Event.from_row(row), row[9], row[10])
-
-
 class Budget:
     """When a claim transaction stops taking new events from its batch."""
 
@@ -158,6 +145,8 @@ class Executor:
         self.unstarted: list[int] = []  # claimed by the last batch but left pending
         self._baseline: tuple[Any, ...] = ()  # Django's bookkeeping inside the claim
         self._forget_pending = False  # a start lost with its connection, to take back
+        self._lazy: set[int] = set()  # this batch's events whose payload was left out
+        self._transients: dict[int, int] = {}  # this batch's events' transient errors so far
         self._fits = 2**31  # events the last claim transaction could handle (see _claim_size)
 
     # --- A batch ---------------------------------------------------------------------
@@ -202,7 +191,7 @@ class Executor:
         connection = connections[self.alias]
         requested, limit = limit, self._claim_size(scope, limit)
         inline = max(1, self.settings.PAYLOAD_BUDGET // max(limit, 1))
-        claims: list[Claim] = []
+        claims: list[Event] = []
         recorded = False  # the crash ledger holds a start for this batch
         raw = None  # the psycopg connection the claim ran on
         if self._forget_pending:
@@ -214,14 +203,16 @@ class Executor:
                 with connection.cursor() as cursor:
                     cursor.execute(self._pin_for(limit))
                     cursor.execute(*sql.claim(scope, limit, inline))
-                    claims = [Claim.from_row(row) for row in cursor.fetchall()]
+                    rows = cursor.fetchall()
+                    claims = [from_row(row) for row in rows]
+                    # what the claim learnt besides the events, for the few it concerns
+                    self._lazy = {row[0] for row in rows if row[9]}
+                    self._transients = {row[0]: row[10] for row in rows if row[10]}
                     cursor.execute(sql.UNPIN_CLAIM_PLAN)
                 if not claims:
                     return []
-                ids = [c.event.id for c in claims]
-                unfinished = self.ledger.started(
-                    [(c.event.id, c.event.attempt - 1) for c in claims]
-                )
+                ids = [e.id for e in claims]
+                unfinished = self.ledger.started([(e.id, e.attempt - 1) for e in claims])
                 recorded = True
                 if unfinished and len(claims) > 1:
                     self.ledger.forget()  # this start never happened: each runs alone now
@@ -248,7 +239,7 @@ class Executor:
             if not claims or lost:
                 raise  # nothing ran, or the connection is gone: the worker reconnects
             self._discard_connection()
-            raise BatchFailed([c.event.id for c in claims], exc) from exc
+            raise BatchFailed([e.id for e in claims], exc) from exc
         handled = {o.event_id for o in outcomes}
         self.unstarted = [i for i in ids if i not in handled]
         self._learn_fit(requested, len(ids), len(handled))
@@ -278,15 +269,13 @@ class Executor:
             rows = cursor.fetchall()
             if not rows:
                 return []  # another worker holds it, or it is no longer runnable
-            claim = Claim.from_row(rows[0])
+            event = Event.from_row(rows[0])
             cursor.execute(
-                *sql.mark_errors(self.worker_name, [sql.ErrorMark(claim.event.id, DEAD, 0, reason)])
+                *sql.mark_errors(self.worker_name, [sql.ErrorMark(event.id, DEAD, 0, reason)])
             )
-        event = claim.event
         return [Outcome(event.id, event.channel, event.attempt, DEAD, reason, 0.0)]
 
-    def _crashed(self, claim: Claim, deaths: int) -> Outcome:
-        event = claim.event
+    def _crashed(self, event: Event, deaths: int) -> Outcome:
         limit = self.settings.CRASH_LIMIT
         reason = f"worker died while handling this event {min(deaths, limit)} times"
         if deaths > limit:  # the on_dead hook itself killed the worker: not again
@@ -302,7 +291,7 @@ class Executor:
 
     # --- Handling ----------------------------------------------------------------------
 
-    def _handle_all(self, claims: list[Claim], connection: Any) -> list[Outcome]:
+    def _handle_all(self, claims: list[Event], connection: Any) -> list[Outcome]:
         budget = Budget(
             connection,
             self.settings.BATCH_TIME_BUDGET,
@@ -310,11 +299,11 @@ class Executor:
             self.should_stop,
         )
         outcomes: dict[int, Outcome] = {}
-        groups: dict[str, list[Claim]] = {}
-        shared: list[Claim] = []  # per-event handlers of isolation="batch" channels
-        singles: list[Claim] = []
+        groups: dict[str, list[Event]] = {}
+        shared: list[Event] = []  # per-event handlers of isolation="batch" channels
+        singles: list[Event] = []
         for claim in claims:
-            channel = claim.event.channel
+            channel = claim.channel
             try:
                 registration = registry.handler_for(channel)
             except registry.UnknownChannel:
@@ -329,7 +318,7 @@ class Executor:
         for claim in singles:
             if outcomes and budget.exhausted():
                 break
-            outcomes[claim.event.id] = self._handle_one(claim)
+            outcomes[claim.id] = self._handle_one(claim)
         for channel, group in groups.items():
             if outcomes and budget.exhausted():
                 break
@@ -337,9 +326,9 @@ class Executor:
             outcomes.update(self._handle_group(handler, group, budget))
         if shared and not (outcomes and budget.exhausted()):
             outcomes.update(self._handle_shared(shared, budget))
-        return [outcomes[c.event.id] for c in claims if c.event.id in outcomes]
+        return [outcomes[e.id] for e in claims if e.id in outcomes]
 
-    def _handle_shared(self, claims: list[Claim], budget: Budget) -> dict[int, Outcome]:
+    def _handle_shared(self, claims: list[Event], budget: Budget) -> dict[int, Outcome]:
         """isolation="batch": one savepoint for all; on any error, redo one by one.
 
         Two savepoint round trips per event are most of the engine's cost for small
@@ -347,14 +336,15 @@ class Executor:
         effects are all in the database, and the rollback undid them.
         """
         seconds: dict[int, float] = {}
-        taken: list[Claim] = []
+        taken: list[Event] = []
+        lazy = self._lazy
         policies, liveness, perf_counter = self.policies, self.liveness, time.perf_counter
         try:
             with transaction.atomic(using=self.alias), self._loop_limit() as limit:
                 for claim in claims:
                     if taken and budget.exhausted():
                         break
-                    event = self._with_payload(claim) if claim.lazy else claim.event
+                    event = self._with_payload(claim) if lazy and claim.id in lazy else claim
                     timeout = policies[event.channel].timeout
                     liveness.busy(timeout)
                     started = perf_counter()
@@ -375,28 +365,25 @@ class Executor:
             for claim in claims:
                 if results and budget.exhausted():
                     break
-                results[claim.event.id] = self._handle_one(claim)
+                results[claim.id] = self._handle_one(claim)
             return results
         self.liveness.idle()
         return {  # all done: no transition to compute
-            c.event.id: Outcome(
-                c.event.id, c.event.channel, c.event.attempt, DONE, None, seconds[c.event.id]
-            )
-            for c in taken
+            e.id: Outcome(e.id, e.channel, e.attempt, DONE, None, seconds[e.id]) for e in taken
         }
 
-    def _handle_one(self, claim: Claim) -> Outcome:
+    def _handle_one(self, claim: Event) -> Outcome:
         """One event, its handler in its own savepoint; its on_dead hook if it dies."""
         event = self._with_payload(claim)
         handler = registry.handler_for(event.channel).handler
         error, seconds = self._attempt([event], lambda: handler(event))
-        outcome = self._outcome(claim, error, seconds)
+        outcome = self._outcome(event, error, seconds)
         if outcome.status == DEAD:
             self._run_dead_hook(event, outcome.error or "")
         return outcome
 
     def _handle_group(
-        self, handler: Callable[..., Any], claims: list[Claim], budget: Budget
+        self, handler: Callable[..., Any], claims: list[Event], budget: Budget
     ) -> dict[int, Outcome]:
         """Run a batch handler; if it raises, find the bad events and commit the rest together.
 
@@ -405,11 +392,10 @@ class Executor:
         taking their locks in the handler's own order. (Committing singles one by one would
         take locks in event order, and two workers doing so could deadlock.)
         """
-        by_id = {c.event.id: c for c in claims}
         group = self._with_payloads(claims)
         error, seconds = self._attempt(group, lambda: handler(group))
         if error is None or len(group) == 1:
-            return self._group_outcomes(group, by_id, error, seconds)
+            return self._group_outcomes(group, error, seconds)
         results: dict[int, Outcome] = {}
         good = []
         for event in group:
@@ -419,24 +405,23 @@ class Executor:
             if error is None:
                 good.append(event)
             else:
-                results.update(self._group_outcomes([event], by_id, error, seconds))
+                results.update(self._group_outcomes([event], error, seconds))
         if good:
             # Each alone succeeds; together they should too. If not, none can be blamed
             # alone: they all take the error and retry.
             error, seconds = self._attempt(good, lambda: handler(good))
-            results.update(self._group_outcomes(good, by_id, error, seconds))
+            results.update(self._group_outcomes(good, error, seconds))
         return results
 
     def _group_outcomes(
         self,
         events: list[Event],
-        by_id: dict[int, Claim],
         error: BaseException | None,
         seconds: float,
     ) -> dict[int, Outcome]:
         results = {}
         for event in events:
-            outcome = self._outcome(by_id[event.id], error, seconds / len(events))
+            outcome = self._outcome(event, error, seconds / len(events))
             if outcome.status == DEAD:
                 self._run_dead_hook(event, outcome.error or "")
             results[event.id] = outcome
@@ -520,33 +505,33 @@ class Executor:
         if faults.injected(self.fault_seed, self.fault_rate, event.id, event.attempt):
             raise faults.InjectedFault(f"fault injected into attempt {event.attempt}")
 
-    def _with_payload(self, claim: Claim) -> Event:
-        return self._with_payloads([claim])[0]
+    def _with_payload(self, event: Event) -> Event:
+        return self._with_payloads([event])[0] if event.id in self._lazy else event
 
-    def _with_payloads(self, claims: list[Claim]) -> list[Event]:
+    def _with_payloads(self, events: list[Event]) -> list[Event]:
         """The events, with the payloads their claim left out fetched now (under the lock)."""
-        lazy = [c.event.id for c in claims if c.lazy]
+        lazy = [e.id for e in events if e.id in self._lazy]
         if not lazy:
-            return [c.event for c in claims]
+            return events
         with connections[self.alias].cursor() as cursor:
             cursor.execute(*sql.payloads(lazy))
             loaded = {row[0]: row[1:] for row in cursor.fetchall()}
         return [
-            replace(c.event, old=_json(loaded[c.event.id][0]), new=_json(loaded[c.event.id][1]))
-            if c.lazy
-            else c.event
-            for c in claims
+            replace(e, old=_json(loaded[e.id][0]), new=_json(loaded[e.id][1]))
+            if e.id in loaded
+            else e
+            for e in events
         ]
 
-    def _outcome(self, claim: Claim, error: BaseException | None, seconds: float) -> Outcome:
-        event = claim.event
+    def _outcome(self, event: Event, error: BaseException | None, seconds: float) -> Outcome:
+        transient_errors = self._transients.get(event.id, 0)
         policy = self.policies[event.channel].retry
         transient = is_transient(error)
-        if transient and claim.transient_errors >= self.settings.TRANSIENT_RETRIES:
+        if transient and transient_errors >= self.settings.TRANSIENT_RETRIES:
             transient = False  # out of transient retries: an ordinary failed attempt
-        counted = event.attempt - claim.transient_errors  # transient errors use none up
+        counted = event.attempt - transient_errors  # transient errors use none up
         step = after_attempt(
-            counted, error, policy, transient=transient, transient_count=claim.transient_errors
+            counted, error, policy, transient=transient, transient_count=transient_errors
         )
         text = describe(error) if error is not None else None
         return Outcome(
