@@ -62,6 +62,12 @@ def pin_claim_plan(idle_timeout_ms: int) -> sql.Composed:
 UNPIN_CLAIM_PLAN = sql.SQL("SET LOCAL enable_bitmapscan = DEFAULT; SET LOCAL enable_sort = DEFAULT")
 
 
+def claim_pinned(pin: sql.Composable, claim_query: sql.Composable) -> sql.Composed:
+    """The pinning, the claim and the unpinning as one string of statements, for a cursor
+    that binds parameters on the client: one round trip instead of three."""
+    return sql.SQL("{}; {}; {}").format(pin, claim_query, UNPIN_CLAIM_PLAN)
+
+
 def claim(scope: Scope, limit: int, inline: int = 2**62) -> tuple[sql.Composed, dict[str, Any]]:
     """Lock and return up to `limit` events of `scope`, oldest first, skipping locked ones.
 
