@@ -119,17 +119,23 @@ LEDGER_START = sql.SQL(
     "ours AS (SELECT * FROM unnest(%(firsts)s::bigint[], %(lasts)s::bigint[], "
     "%(attempts)s::int[]) AS o(first_id, last_id, attempts)), "
     "theirs AS (SELECT r.* FROM {ledger} AS b CROSS JOIN LATERAL unnest(b.first_ids, "
-    "b.last_ids, b.attempts) AS r(first_id, last_id, attempts) WHERE b.id <> %(previous)s), "
+    "b.last_ids, b.attempts) AS r(first_id, last_id, attempts) WHERE b.id <> %(previous)s "
+    # a row of a worker that is still alive is no crash: it lost its connection, and
+    # takes its start back itself once it reconnects
+    "AND NOT EXISTS (SELECT 1 FROM {workers} AS w WHERE w.name = b.worker "
+    "AND w.last_seen > now() - make_interval(secs => %(alive)s))), "
     "unfinished AS (SELECT g.id, count(*) AS n FROM ours AS o JOIN theirs AS t "
     "ON t.attempts = o.attempts AND t.first_id <= o.last_id AND t.last_id >= o.first_id "
     "CROSS JOIN LATERAL generate_series(greatest(o.first_id, t.first_id), "
     "least(o.last_id, t.last_id)) AS g(id) GROUP BY g.id) "
     "SELECT (SELECT id FROM added), array_agg(unfinished.id), array_agg(unfinished.n) "
     "FROM unfinished"
-).format(ledger=LEDGER)
+).format(ledger=LEDGER, workers=sql.Identifier("eventbus_worker"))
 
 LEDGER_FORGET = sql.SQL("DELETE FROM {ledger} WHERE id = %s").format(ledger=LEDGER)
-LEDGER_FORGET_WORKER = sql.SQL("DELETE FROM {ledger} WHERE worker = %s").format(ledger=LEDGER)
+LEDGER_FORGET_WORKER = sql.SQL("DELETE FROM {ledger} WHERE worker = %s").format(
+    ledger=LEDGER, workers=sql.Identifier("eventbus_worker")
+)
 
 
 def ledger_collect(age: float) -> tuple[sql.Composed, list[Any]]:
@@ -146,7 +152,7 @@ def ledger_collect(age: float) -> tuple[sql.Composed, list[Any]]:
 
 
 def ledger_start(
-    worker: str, started: Sequence[tuple[int, int]], previous: int
+    worker: str, started: Sequence[tuple[int, int]], previous: int, alive_within: float = 30.0
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """Record a batch's starts, (event id, attempts so far) in id order, as one row of
     runs, and delete the worker's previous row, which committed: one round trip."""
@@ -166,6 +172,7 @@ def ledger_start(
         "lasts": int_array(lasts),
         "attempts": int_array(attempts),
         "previous": previous,
+        "alive": alive_within,
     }
 
 

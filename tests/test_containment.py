@@ -674,3 +674,36 @@ def test_ctrl_c_stops_recover_after_the_handler_in_flight(tmp_path: Path) -> Non
     for pk in ids[1:]:
         assert (records[pk].state, records[pk].attempts) == ("pending", 0), records[pk].last_error
     assert db_effects() == Counter(ids[:1])
+
+
+def test_connections_terminated_by_the_server_never_count_as_worker_deaths(
+    start_listener: StartListener, tmp_path: Path
+) -> None:
+    """A failover or a restarted database cuts every connection of every worker, the crash
+    ledger's included, in the middle of a batch. The workers live on; so must the event.
+    Reproduced before: with several workers, after a few such cuts the event was dead with
+    `worker died while handling this event 3 times`, and no worker had died."""
+    started, effects = tmp_path / "started", tmp_path / "effects"
+    pk = publish("containment_slow", sleep=2, started=str(started), effects=str(effects))
+    # CRASH_LIMIT 1: a single start miscounted as a death would kill the event
+    env = {**POISONED, "EVENTBUS_CRASH_LIMIT": "1"}
+    listener = start_listener("--processes", "4", env_extra=env, workers=4)
+    cuts = 6
+    for n in range(1, cuts + 1):
+        wait_until(
+            lambda n=n: file_effects(started)[pk] >= n or event(pk).state != "pending",
+            20,
+            what=f"start {n} of the handler; log:\n{listener.log()}",
+        )
+        assert event(pk).state == "pending", event(pk).last_error
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                "datname = current_database() AND pid <> pg_backend_pid() AND "
+                "application_name LIKE 'eventbus-%%'"
+            )
+    wait_until(lambda: event(pk).state != "pending", 30, what=f"the event; {listener.log()}")
+    record = event(pk)
+    assert (record.state, record.last_error) == ("done", None), record.last_error
+    assert "exited with code" not in listener.log(), "no worker died"
+    assert db_effects() == Counter([pk])

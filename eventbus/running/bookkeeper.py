@@ -39,13 +39,18 @@ class Bookkeeper:
         if names:
             self._put(sql.VOUCH_FOR_WORKERS, [list(names)])
 
-    def forget(self, name: str, *, stopped: bool = False) -> None:
-        """Remove a dead worker's heartbeat row. `stopped`: it was killed at the end of
-        its shutdown grace, not by its events, so its in-flight batch is no crash: its
-        crash-ledger rows go too."""
+    def forget(self, name: str, *, stopped: bool = False, wait: float = 0.0) -> None:
+        """Remove a dead worker's heartbeat row, so that its crash-ledger rows count as
+        crashes. `stopped`: it was killed at the end of its shutdown grace, not by its
+        events, so its in-flight batch is no crash: its ledger rows go too. `wait`: up to
+        this many seconds for it to be done (before a replacement claims its events)."""
         self._put(sql.FORGET_WORKER, [name])
         if stopped:
             self._put(sql.LEDGER_FORGET_WORKER, [name])
+        if wait:
+            done = threading.Event()
+            self._put(None, done)
+            done.wait(wait)
 
     def stop(self, timeout: float) -> None:
         """Finish queued chores (at most `timeout` seconds), then close."""
@@ -63,6 +68,9 @@ class Bookkeeper:
 
     def _run(self) -> None:
         while (chore := self._chores.get()) is not None:
+            if chore[0] is None:  # a marker: everything before it is done
+                chore[1].set()
+                continue
             try:
                 self._connection().execute(*chore)
             except psycopg.Error as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from eventbus import sql
+from eventbus import conf, sql
 from eventbus.running.connections import connect_side
 
 COLLECT_INTERVAL = 60.0  # seconds between sweeps of stale rows left by dead workers
@@ -44,6 +44,8 @@ class CrashLedger:
         self.alias = alias
         self._conn: psycopg.Connection[Any] | None = None
         self.batch = 0  # this worker's last row: committed, or in flight now
+        # A row whose worker sent a heartbeat this recently is no crash (see sql.LEDGER_START)
+        self.alive_within = 3 * conf.get().HEALTH_INTERVAL
         self._next_collect = time.monotonic() + COLLECT_INTERVAL
         _open.add(self)
 
@@ -54,7 +56,9 @@ class CrashLedger:
         Returns the unfinished starts recorded before this one, by event id (most
         batches: none). One round trip either way.
         """
-        batch, ids, counts = self._execute(*sql.ledger_start(self.worker, events, self.batch))
+        batch, ids, counts = self._execute(
+            *sql.ledger_start(self.worker, events, self.batch, self.alive_within)
+        )
         self.batch = int(batch)
         return dict(zip(ids, counts, strict=True)) if ids else {}
 

@@ -153,7 +153,8 @@ class Supervisor:
         self.restarts += 1
         if process.pid is not None:
             metrics.worker_exited(process.pid)
-            self._bookkeeper.forget(f"{worker_host()}:{process.pid}")
+            # before the replacement claims: its crash-ledger rows then count
+            self._bookkeeper.forget(f"{worker_host()}:{process.pid}", wait=2.0)
         lived = time.monotonic() - self._started_at[slot]
         # A worker that dies at once is crash-looping (bad settings, database down): back off.
         self._restart_delay[slot] = (
