@@ -118,18 +118,19 @@ LEDGER_START = sql.SQL(
     "RETURNING id), "
     "ours AS (SELECT * FROM unnest(%(firsts)s::bigint[], %(lasts)s::bigint[], "
     "%(attempts)s::int[]) AS o(first_id, last_id, attempts)), "
-    "theirs AS (SELECT r.* FROM {ledger} AS b CROSS JOIN LATERAL unnest(b.first_ids, "
-    "b.last_ids, b.attempts) AS r(first_id, last_id, attempts) WHERE b.id <> %(previous)s "
-    # a row of a worker that is still alive is no crash: it lost its connection, and
-    # takes its start back itself once it reconnects
-    "AND NOT EXISTS (SELECT 1 FROM {workers} AS w WHERE w.name = b.worker "
-    "AND w.last_seen > now() - make_interval(secs => %(alive)s))), "
-    "unfinished AS (SELECT g.id, count(*) AS n FROM ours AS o JOIN theirs AS t "
+    # Each row says whether its worker still looks alive (a recent heartbeat): such a row
+    # is no crash (its worker lost its connection, and takes its start back itself once
+    # it reconnects), unless the caller sees that worker's process is gone.
+    "theirs AS (SELECT r.*, b.worker, EXISTS (SELECT 1 FROM {workers} AS w "
+    "WHERE w.name = b.worker AND w.last_seen > now() - make_interval(secs => %(alive)s)) "
+    "AS alive FROM {ledger} AS b CROSS JOIN LATERAL unnest(b.first_ids, b.last_ids, "
+    "b.attempts) AS r(first_id, last_id, attempts) WHERE b.id <> %(previous)s), "
+    "unfinished AS (SELECT g.id, t.worker, t.alive FROM ours AS o JOIN theirs AS t "
     "ON t.attempts = o.attempts AND t.first_id <= o.last_id AND t.last_id >= o.first_id "
     "CROSS JOIN LATERAL generate_series(greatest(o.first_id, t.first_id), "
-    "least(o.last_id, t.last_id)) AS g(id) GROUP BY g.id) "
-    "SELECT (SELECT id FROM added), array_agg(unfinished.id), array_agg(unfinished.n) "
-    "FROM unfinished"
+    "least(o.last_id, t.last_id)) AS g(id)) "
+    "SELECT (SELECT id FROM added), array_agg(unfinished.id), "
+    "array_agg(unfinished.worker), array_agg(unfinished.alive) FROM unfinished"
 ).format(ledger=LEDGER, workers=sql.Identifier("eventbus_worker"))
 
 LEDGER_FORGET = sql.SQL("DELETE FROM {ledger} WHERE id = %s").format(ledger=LEDGER)

@@ -20,6 +20,7 @@ import psycopg
 
 from eventbus import conf, sql
 from eventbus.running.connections import connect_side
+from eventbus.running.liveness import pid_alive
 
 COLLECT_INTERVAL = 60.0  # seconds between sweeps of stale rows left by dead workers
 COLLECT_AGE = 60.0  # only rows at least this old are swept
@@ -46,6 +47,7 @@ class CrashLedger:
         self.batch = 0  # this worker's last row: committed, or in flight now
         # A row whose worker sent a heartbeat this recently is no crash (see sql.LEDGER_START)
         self.alive_within = 3 * conf.get().HEALTH_INTERVAL
+        self._host = worker.rpartition(":")[0]
         self._next_collect = time.monotonic() + COLLECT_INTERVAL
         _open.add(self)
 
@@ -56,11 +58,24 @@ class CrashLedger:
         Returns the unfinished starts recorded before this one, by event id (most
         batches: none). One round trip either way.
         """
-        batch, ids, counts = self._execute(
+        batch, ids, workers, alive = self._execute(
             *sql.ledger_start(self.worker, events, self.batch, self.alive_within)
         )
         self.batch = int(batch)
-        return dict(zip(ids, counts, strict=True)) if ids else {}
+        unfinished: dict[int, int] = {}
+        for event_id, worker, looks_alive in zip(
+            ids or (), workers or (), alive or (), strict=True
+        ):
+            if not looks_alive or self._gone_from_this_host(worker):
+                unfinished[event_id] = unfinished.get(event_id, 0) + 1
+        return unfinished
+
+    def _gone_from_this_host(self, worker: str) -> bool:
+        """A worker of this host whose process is gone died, whatever its heartbeat row
+        says yet (its supervisor removes the row a moment after; a sibling may claim its
+        events first)."""
+        host, _, pid = worker.rpartition(":")
+        return host == self._host and pid.isdigit() and not pid_alive(int(pid))
 
     def forget(self) -> None:
         """Delete the current batch's row now: its batch was lost with its connection, or
