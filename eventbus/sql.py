@@ -118,11 +118,14 @@ LEDGER_START = sql.SQL(
     "RETURNING id), "
     "ours AS (SELECT * FROM unnest(%(firsts)s::bigint[], %(lasts)s::bigint[], "
     "%(attempts)s::int[]) AS o(first_id, last_id, attempts)), "
-    # Each row says whether its worker still looks alive (a recent heartbeat): such a row
-    # is no crash (its worker lost its connection, and takes its start back itself once
-    # it reconnects), unless the caller sees that worker's process is gone.
-    "theirs AS (SELECT r.*, b.worker, EXISTS (SELECT 1 FROM {workers} AS w "
-    "WHERE w.name = b.worker AND w.last_seen > now() - make_interval(secs => %(alive)s)) "
+    # Each row says whether its worker still looks alive (a recent heartbeat from the same
+    # process that wrote it): such a row is no crash (its worker lost its connection, and
+    # takes its start back itself once it reconnects), unless the caller sees that
+    # worker's process is gone. A row under the caller's own name but not its last one
+    # was written by a dead namesake (a reused pid).
+    "theirs AS (SELECT r.*, b.worker, b.worker <> %(worker)s AND EXISTS (SELECT 1 "
+    "FROM {workers} AS w WHERE w.name = b.worker AND w.started_at <= b.started_at "
+    "AND w.last_seen > now() - make_interval(secs => %(alive)s)) "
     "AS alive FROM {ledger} AS b CROSS JOIN LATERAL unnest(b.first_ids, b.last_ids, "
     "b.attempts) AS r(first_id, last_id, attempts) WHERE b.id <> %(previous)s), "
     "unfinished AS (SELECT g.id, t.worker, t.alive FROM ours AS o JOIN theirs AS t "
@@ -428,7 +431,10 @@ MISSING_TABLES = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS 
 HEARTBEAT_WITH_CHANNELS = sql.SQL(
     "INSERT INTO {workers} (name, host, pid, channels, started_at, last_seen) "
     "VALUES (%s, %s, %s, %s, now(), now()) "
-    "ON CONFLICT (name) DO UPDATE SET last_seen = now(), channels = EXCLUDED.channels"
+    "ON CONFLICT (name) DO UPDATE SET last_seen = now(), channels = EXCLUDED.channels, "
+    # a new process under a reused name (a container restarted: same pids) starts anew,
+    # so that the crash ledger can tell its rows from those of its dead namesake
+    "started_at = CASE WHEN %s THEN now() ELSE {workers}.started_at END"
 ).format(workers=WORKERS)
 
 

@@ -707,3 +707,31 @@ def test_connections_terminated_by_the_server_never_count_as_worker_deaths(
     assert (record.state, record.last_error) == ("done", None), record.last_error
     assert "exited with code" not in listener.log(), "no worker died"
     assert db_effects() == Counter([pk])
+
+
+@pytest.mark.parametrize("claimer", ["vm:3", "vm:4"])
+def test_a_dead_worker_counts_even_when_a_new_process_reuses_its_name(claimer: str) -> None:
+    """A container restarted after a whole-container kill (an OOM group kill, `docker
+    kill`) gives its new worker the old one's pid, so the same name `vm:3`, and that new
+    worker's fresh heartbeat. Reproduced before: its namesake's crash-ledger rows then
+    looked like a live worker's and never counted: the killer crash-looped forever. Now
+    the rows predate the heartbeat's process, so they count, for the namesake itself and
+    for a sibling alike."""
+    pk = publish("containment_plain")
+    limit = conf.get().CRASH_LIMIT
+    with connection.cursor() as cursor:
+        for _ in range(limit):  # the deaths of the earlier `vm:3`, one a minute ago each
+            cursor.execute(
+                "INSERT INTO eventbus_inflight (worker, first_ids, last_ids, attempts, "
+                "started_at) VALUES ('vm:3', ARRAY[%s], ARRAY[%s], '{0}', "
+                "now() - interval '1 minute')",
+                [pk, pk],
+            )
+        cursor.execute(  # the new `vm:3`, alive and heartbeating
+            "INSERT INTO eventbus_worker (name, host, pid, channels, started_at, last_seen) "
+            "VALUES ('vm:3', 'vm', 3, '*', now(), now())"
+        )
+    [outcome] = Executor(claimer).run_batch(scope("containment_plain"), 10)
+    assert outcome.status == "dead"
+    assert f"worker died while handling this event {limit} times" in (outcome.error or "")
+    assert not db_effects(), "it did not run again"

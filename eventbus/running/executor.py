@@ -280,7 +280,7 @@ class Executor:
         if deaths > limit:  # the on_dead hook itself killed the worker: not again
             reason += "; its on_dead hook was skipped (the worker died running it)"
         else:
-            self._run_dead_hook(event, reason)
+            self._run_dead_hook(self._with_payload(event), reason)
         error = _WorkerDied(reason)
         return Outcome(event.id, event.channel, event.attempt, DEAD, describe(error), 0.0)
 

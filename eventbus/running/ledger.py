@@ -103,6 +103,6 @@ class CrashLedger:
                 self._conn = connect_side(self.alias)
             cursor = self._conn.execute(query, params)
             return cursor.fetchone() if cursor.description else None
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:  # never the event's fault: the worker backs off
             self.close()  # reconnect on the next write
             raise LedgerUnavailable(f"crash ledger: {exc}") from exc

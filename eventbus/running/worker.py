@@ -82,6 +82,7 @@ class Worker:
             channels=self.channels, ordered_channels=tuple(registry.ordered_channel_names())
         )
         self._stopping = False
+        self._first_heartbeat = True  # this process's first: it (re)starts the row
         self._parent_pid = os.getppid()
         self._next_purge = time.monotonic() + options.purge_interval
         self._last_heartbeat = 0.0
@@ -212,7 +213,8 @@ class Worker:
         self._last_heartbeat = time.monotonic()
         host, _, pid = self.name.rpartition(":")
         channels = ",".join(self.channels)  # what it handles: others read coverage from it
-        cursor.execute(sql.HEARTBEAT_WITH_CHANNELS, [self.name, host, int(pid), channels])
+        first, self._first_heartbeat = self._first_heartbeat, False
+        cursor.execute(sql.HEARTBEAT_WITH_CHANNELS, [self.name, host, int(pid), channels, first])
 
     def _stop_if_orphaned(self) -> None:
         """A worker whose supervisor died (kill -9) stops instead of running unsupervised."""
