@@ -21,14 +21,19 @@ BEAT, ALLOWANCE = 0, 1
 
 
 def pid_alive(pid: int) -> bool:
-    """A process with this pid exists on this host (perhaps not ours to signal)."""
+    """A process with this pid runs on this host (perhaps not ours to signal). A zombie,
+    dead but not yet reaped by its parent, is not alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux): trust the signal
+        return True
 
 
 class Liveness:
