@@ -15,7 +15,8 @@ STATES = (PENDING, DONE, FAILED, DEAD)
 RUNNABLE = (PENDING, FAILED)
 
 
-def _json(value: Any) -> Any:
+def decode_payload(value: Any) -> Any:
+    """A payload column as Python: psycopg decodes ``json`` itself; text is decoded here."""
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
@@ -64,5 +65,13 @@ class Event:
         if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
             created_at = datetime.fromtimestamp(created_at, UTC)
         return cls(
-            id_, channel, operation, table, key, _json(old), _json(new), created_at, attempts + 1
+            id_,
+            channel,
+            operation,
+            table,
+            key,
+            decode_payload(old),
+            decode_payload(new),
+            created_at,
+            attempts + 1,
         )

@@ -356,12 +356,6 @@ def claimed(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
 
 WORKERS = sql.Identifier("eventbus_worker")
 
-HEARTBEAT = sql.SQL(
-    "INSERT INTO {workers} (name, host, pid, channels, started_at, last_seen) "
-    "VALUES (%s, %s, %s, %s, now(), now()) "
-    "ON CONFLICT (name) DO UPDATE SET last_seen = now()"
-).format(workers=WORKERS)
-
 FORGET_WORKER = sql.SQL("DELETE FROM {workers} WHERE name = %s").format(workers=WORKERS)
 
 # The supervisor's refresh of workers it sees making progress (eventbus.running.liveness).

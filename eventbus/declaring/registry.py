@@ -76,10 +76,5 @@ def channels() -> list[Channel]:
     return list(_channels.values())
 
 
-def handled_channels() -> list[str]:
-    """Channels that have a handler in this process."""
-    return sorted(_handlers)
-
-
 def channel_names() -> list[str]:
     return sorted(_channels)

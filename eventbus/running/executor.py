@@ -41,11 +41,11 @@ import psycopg
 from django.db import connections, transaction
 
 from eventbus import conf, sql
-from eventbus.declaring import registry
+from eventbus.declaring import registry, wiring
 from eventbus.declaring.policies import Policies
 from eventbus.declaring.retry import after_attempt
 from eventbus.errors import HandlerTimeout
-from eventbus.event import DEAD, DONE, FAILED, Event
+from eventbus.event import DEAD, DONE, FAILED, Event, decode_payload
 from eventbus.integrations import routing
 from eventbus.operating import metrics
 from eventbus.running import faults
@@ -516,7 +516,7 @@ class Executor:
             cursor.execute(*sql.payloads(lazy))
             loaded = {row[0]: row[1:] for row in cursor.fetchall()}
         return [
-            replace(e, old=_json(loaded[e.id][0]), new=_json(loaded[e.id][1]))
+            replace(e, old=decode_payload(loaded[e.id][0]), new=decode_payload(loaded[e.id][1]))
             if e.id in loaded
             else e
             for e in events
@@ -638,7 +638,7 @@ class Executor:
             if not names or not all(timeouts):
                 milliseconds = 0
             else:
-                batch = any(registry.handler_for(n).batch for n in registry.handled_channels())
+                batch = any(registry.handler_for(n).batch for n in wiring.handled_channels())
                 longest = max(t for t in timeouts if t) * (limit if batch else 1)
                 milliseconds = int(longest * 1000) + IDLE_GRACE_MS
             pin = self._pins[limit] = sql.pin_claim_plan(milliseconds)
@@ -671,12 +671,6 @@ def _bookkeeping(connection: Any) -> tuple[Any, ...]:
         len(connection.atomic_blocks),
         connection.needs_rollback,
     )
-
-
-def _json(value: Any) -> Any:
-    import json
-
-    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 _warned: set[str] = set()
