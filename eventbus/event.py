@@ -26,11 +26,13 @@ class Event:
 
     ``old`` and ``new`` are the row as it was and as it became (``None`` for INSERT and
     DELETE respectively), as JSON objects keyed by column name (``post_id``, not ``post``).
-    ``attempt`` counts from 1.
+    ``attempt`` counts from 1. ``queue`` is the name the event is stored and claimed
+    under: the channel's name, or ``<channel>:<subscription>`` for a channel with
+    subscriptions (each subscription gets its own event of the same change).
     """
 
     id: int
-    channel: str
+    queue: str
     operation: str
     table: str
     key: str | None
@@ -38,6 +40,17 @@ class Event:
     new: dict[str, Any] | None
     created_at: datetime
     attempt: int
+
+    @property
+    def channel(self) -> str:
+        """The channel's name (without the subscription)."""
+        return self.queue.split(":", 1)[0]
+
+    @property
+    def subscription(self) -> str | None:
+        """The subscription this event is for, or None on a channel without them."""
+        _, _, name = self.queue.partition(":")
+        return name or None
 
     @property
     def row(self) -> dict[str, Any]:
@@ -53,7 +66,7 @@ class Event:
         missing = [name for name in names if name not in row]
         if missing:
             raise MalformedEvent(
-                f"event {self.id} ({self.channel}) lacks {', '.join(missing)} in its row"
+                f"event {self.id} ({self.queue}) lacks {', '.join(missing)} in its row"
             )
         return tuple(row[name] for name in names)
 

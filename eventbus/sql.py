@@ -320,9 +320,11 @@ def requeue(scope: Scope) -> tuple[sql.Composed, dict[str, Any]]:
 
 
 def notify_channels(channels: Sequence[str]) -> tuple[sql.Composed, list[Any]]:
-    return sql.SQL("SELECT pg_notify('eventbus_' || c, '') FROM unnest(%s::text[]) AS c"), [
-        sorted(set(channels))
-    ]
+    """Wake the listeners of these channels or queues (one wake-up per channel)."""
+    return sql.SQL(
+        "SELECT pg_notify('eventbus_' || c, '') "
+        "FROM (SELECT DISTINCT split_part(q, ':', 1) AS c FROM unnest(%s::text[]) AS q) AS n"
+    ), [sorted(set(channels))]
 
 
 def purge_batch(
@@ -384,25 +386,33 @@ def discard(ids: Sequence[int], reason: str) -> tuple[sql.Composed, dict[str, An
 
 
 def publish(
-    channel: str, payload: dict[str, Any], key: str | None, notify: bool, ordered: bool = False
+    queues: Sequence[str],
+    payload: dict[str, Any],
+    key: str | None,
+    notify: bool,
+    ordered: bool = False,
 ) -> tuple[sql.Composed, list[Any]]:
-    """Insert one published event (and its wake-up) in the caller's transaction.
+    """Insert a published event, one row per queue (subscription), and its wake-up, in the
+    caller's transaction. Returns the first row's id.
 
     Ordered: first the trigger's per-key transaction lock (channel.render_trigger_body), so
     publishers and writers of one key take turns and ids follow commit order. The lock is
-    taken in a subquery (volatile, so never flattened) before the row gets its id.
+    taken in a subquery (volatile, so never flattened) before the rows get their ids.
     """
     query = sql.SQL(
         "WITH e AS (INSERT INTO {table} (channel, operation, table_name, key, new, ordered) "
-        "SELECT %s, 'PUBLISH', '', %s, %s::json, %s FROM (SELECT CASE WHEN %s THEN "
-        "pg_advisory_xact_lock(hashtextextended('eventbus:' || %s || ':' || %s, 0)) END) AS l "
+        "SELECT q, 'PUBLISH', '', %s, %s::json, %s FROM (SELECT CASE WHEN %s THEN "
+        "pg_advisory_xact_lock(hashtextextended('eventbus:' || %s || ':' || %s, 0)) END) AS l, "
+        "unnest(%s::text[]) WITH ORDINALITY AS u(q, n) ORDER BY n "
         "RETURNING id) "
-        "SELECT e.id, CASE WHEN %s THEN pg_notify('eventbus_' || %s, '') END FROM e"
+        "SELECT min(e.id), CASE WHEN %s THEN pg_notify('eventbus_' || %s, '') END FROM e"
     ).format(table=TABLE)
+    channel = queues[0].split(":", 1)[0]
     lock = ordered and key is not None
     return query, [
-        *(channel, key, json.dumps(payload), ordered),
+        *(key, json.dumps(payload), ordered),
         *(lock, channel, key),
+        list(queues),
         *(notify, channel),
     ]
 

@@ -37,6 +37,7 @@ _OPERATIONS = {
     DELETE: pgtrigger.Delete,
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,37}$")
+_SUBSCRIPTION = re.compile(r"^[a-z][a-z0-9_]{0,24}$")  # <channel>:<subscription> fits 64
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 EVENT_TABLE = "eventbus_event"
@@ -47,8 +48,9 @@ BatchHandler = Callable[[list["Event"]], Any]
 
 
 def notify_channel(name: str) -> str:
-    """The PostgreSQL NOTIFY channel that wakes listeners of the eventbus channel `name`."""
-    return NOTIFY_PREFIX + name
+    """The PostgreSQL NOTIFY channel that wakes listeners of the eventbus channel `name`
+    (or of any of its subscriptions: one wake-up serves them all)."""
+    return NOTIFY_PREFIX + registry.base_name(name)
 
 
 def _quote(identifier: str) -> str:
@@ -80,6 +82,12 @@ class Channel:
             calls share one savepoint; if one raises, the batch is rolled back and run
             again with a savepoint per event (safe only because the rollback undid every
             effect: never use it for handlers that send email or call out).
+        subscriptions: names of the channel's handlers, for a channel with several
+            (``["email_author", "search_index"]``). Each is a queue of its own,
+            ``<channel>:<subscription>``: the trigger writes one event per subscription,
+            and each has its own state, attempts, backoff and dead letters, so one
+            failing never re-runs another. Register each with ``@channel.on("name")``.
+            Empty (default): one handler, and the queue is the channel's own name.
     """
 
     name: str
@@ -91,7 +99,9 @@ class Channel:
     retry: RetryPolicy | None = None
     timeout: float | None = None
     isolation: str = "event"
+    subscriptions: Sequence[str] = ()
     handler: Handler | BatchHandler | None = field(default=None, repr=False)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -110,7 +120,23 @@ class Channel:
             raise ValueError(f"channel {self.name}: timeout must be positive")
         if self.changed and UPDATE not in self.operations:
             raise ValueError(f"channel {self.name}: 'changed' only applies to UPDATE")
+        self.subscriptions = tuple(self.subscriptions)
+        for subscription in self.subscriptions:
+            if not _SUBSCRIPTION.match(subscription):
+                raise ValueError(
+                    f"channel {self.name}: subscription name {subscription!r} must match "
+                    f"{_SUBSCRIPTION.pattern}"
+                )
+        if len(set(self.subscriptions)) != len(self.subscriptions):
+            raise ValueError(f"channel {self.name}: a subscription is named twice")
         registry.add_channel(self)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The names its events are stored and claimed under: one per subscription."""
+        if not self.subscriptions:
+            return (self.name,)
+        return tuple(f"{self.name}{registry.SEPARATOR}{s}" for s in self.subscriptions)
 
     @property
     def notify_channel(self) -> str:
@@ -120,19 +146,88 @@ class Channel:
         """The triggers to list in the model's ``Meta.triggers``: one per operation."""
         return [ChannelTrigger(self, operation) for operation in self.operations]
 
-    def on(self, handler: Handler) -> Handler:
-        """Decorator: register `handler` as this channel's handler.
+    def on(
+        self,
+        target: Handler | str | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        """Decorator: register a handler of this channel.
 
         The handler gets an :class:`eventbus.Event` and runs inside the transaction that
         claimed the event, in a savepoint: its database writes commit together with the
         event being marked done, or not at all.
+
+        ``@channel.on`` on a channel without subscriptions registers its one handler.
+        On a channel with subscriptions, ``@channel.on("email_author")`` (or a bare
+        ``@channel.on`` on a function of that name) registers that subscription's
+        handler; ``timeout`` and ``retry`` then override the channel's for it alone.
         """
-        registry.set_handler(self.name, registry.Registration(handler))
-        self.handler = handler
-        return handler
+        return self._register(target, batch=False, timeout=timeout, retry=retry)
+
+    def on_batch(
+        self,
+        target: BatchHandler | str | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        """Decorator: register a handler that takes all of a batch's events of this channel
+        (or of one subscription, named as for :meth:`on`).
+
+        Use it to aggregate (sum counter deltas, send one request for many events) and to
+        take row locks in one fixed order. If it raises, the engine runs it again once per
+        event, each in its own savepoint, so only the events that fail are failed.
+        """
+        return self._register(target, batch=True, timeout=timeout, retry=retry)
+
+    def _register(
+        self,
+        target: Callable[..., Any] | str | None,
+        batch: bool,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> Any:
+        def register(handler: Callable[..., Any], subscription: str | None) -> Any:
+            queue = self._queue_for(subscription, handler)
+            registry.set_handler(queue, registry.Registration(handler, batch=batch))
+            if timeout is not None or retry is not None:
+                if timeout is not None and timeout <= 0:
+                    raise ValueError(f"channel {queue}: timeout must be positive")
+                self.overrides[queue] = {"timeout": timeout, "retry": retry}
+            if not self.subscriptions:
+                self.handler = handler
+            return handler
+
+        if callable(target):
+            return register(target, None)
+        return lambda handler: register(handler, target)
+
+    def _queue_for(self, subscription: str | None, handler: Callable[..., Any]) -> str:
+        """The queue a handler registers for, or a clear error naming the remedy."""
+        if not self.subscriptions:
+            if subscription is not None:
+                raise ValueError(
+                    f"channel {self.name} declares no subscriptions, so its handler takes no "
+                    f"name (got {subscription!r}): use @{self.name}.on, or declare "
+                    f"Channel({self.name!r}, subscriptions=[{subscription!r}, ...])"
+                )
+            return self.name
+        name = subscription or getattr(handler, "__name__", "")
+        if name not in self.subscriptions:
+            raise ValueError(
+                f"channel {self.name} has no subscription {name!r}; its subscriptions are "
+                f"{', '.join(self.subscriptions)}: name one, @{self.name}.on('<subscription>')"
+                ", or add it to the channel's subscriptions (then makemigrations and migrate)"
+            )
+        return f"{self.name}{registry.SEPARATOR}{name}"
 
     def on_dead(self, hook: Callable[[Event, str], Any]) -> Callable[[Event, str], Any]:
-        """Decorator: call `hook(event, error)` when an event of this channel dies.
+        """Decorator: call `hook(event, error)` when an event of this channel (of any of
+        its subscriptions: ``event.subscription`` tells which) dies.
 
         It runs in the claim transaction (in its own savepoint) before the event is marked
         dead, so what it writes or publishes commits with the death. Its own errors are
@@ -147,7 +242,8 @@ class Channel:
         """Write an event of this channel from code, in the current transaction.
 
         For channels without a table behind them (``operations=()``): the event commits
-        or rolls back with the caller's transaction, exactly like a trigger's. Returns its id.
+        or rolls back with the caller's transaction, exactly like a trigger's. Returns its
+        id (with subscriptions, one event per subscription is written; the first's id).
         """
         from django.db import connections
 
@@ -156,7 +252,7 @@ class Channel:
         with connections[using].cursor() as cursor:
             cursor.execute(
                 *queries.publish(
-                    self.name,
+                    self.queues,
                     payload,
                     None if key is None else str(key),
                     self.notify,
@@ -164,17 +260,6 @@ class Channel:
                 )
             )
             return int(cursor.fetchone()[0])
-
-    def on_batch(self, handler: BatchHandler) -> BatchHandler:
-        """Decorator: register a handler that takes all of a batch's events of this channel.
-
-        Use it to aggregate (sum counter deltas, send one request for many events) and to
-        take row locks in one fixed order. If it raises, the engine runs it again once per
-        event, each in its own savepoint, so only the events that fail are failed.
-        """
-        registry.set_handler(self.name, registry.Registration(handler, batch=True))
-        self.handler = handler
-        return handler
 
 
 class ChannelTrigger(pgtrigger.Trigger):
@@ -282,11 +367,17 @@ def render_trigger_body(channel: Channel, operation: str, model: type[models.Mod
     )
     # Ordered channels flag their events, which puts them in the per-key index.
     columns, flag = (", ordered", ", TRUE") if channel.ordered else ("", "")
+    # One row per subscription (its queue): each keeps its own state and attempts. The
+    # cross join keeps it one INSERT statement for any number of rows and subscriptions.
+    queue, fan_out = f"'{channel.name}'", ""
+    if channel.subscriptions:
+        values = ", ".join(f"('{q}')" for q in channel.queues)
+        queue, fan_out = "s.queue", f" CROSS JOIN (VALUES {values}) AS s(queue)"
     return (
         f"{guard}{lock}"
         f"INSERT INTO {EVENT_TABLE} (channel, operation, table_name, key, old, new{columns}) "
-        f"SELECT '{channel.name}', TG_OP, TG_TABLE_NAME, {key}, {old}, {new}{flag} "
-        f"FROM {source} {where}; "
+        f"SELECT {queue}, TG_OP, TG_TABLE_NAME, {key}, {old}, {new}{flag} "
+        f"FROM {source}{fan_out} {where}; "
         f"{wake} RETURN NULL;"
     )
 

@@ -25,6 +25,9 @@ class ChannelPolicy:
 
 
 def resolve(channel_name: str, settings: conf.Settings | None = None) -> ChannelPolicy:
+    """The policy of a channel or of one subscription's queue (``channel:subscription``):
+    a subscription's own ``timeout``/``retry`` (from ``@channel.on(...)``) and its settings
+    entry override the channel's."""
     settings = settings or conf.get()
     declared = registry.channel(channel_name)
     retry = RetryPolicy(**settings.RETRY)
@@ -36,13 +39,18 @@ def resolve(channel_name: str, settings: conf.Settings | None = None) -> Channel
         retry = declared.retry or retry
         timeout = declared.timeout if declared.timeout is not None else timeout
         ordered = declared.ordered
-    override = settings.CHANNELS.get(channel_name, {})
-    unknown = set(override) - {"retry", "timeout"}
-    if unknown:
-        raise ValueError(f"EVENTBUS['CHANNELS'][{channel_name!r}]: unknown keys {sorted(unknown)}")
-    if "retry" in override:
-        retry = replace(retry, **override["retry"])
-    timeout = override.get("timeout", timeout)
+        own = declared.overrides.get(channel_name, {})
+        retry = own.get("retry") or retry
+        timeout = own["timeout"] if own.get("timeout") is not None else timeout
+    names = dict.fromkeys([registry.base_name(channel_name), channel_name])
+    for name in names:  # the channel's entry, then the subscription's
+        override = settings.CHANNELS.get(name, {})
+        unknown = set(override) - {"retry", "timeout"}
+        if unknown:
+            raise ValueError(f"EVENTBUS['CHANNELS'][{name!r}]: unknown keys {sorted(unknown)}")
+        if "retry" in override:
+            retry = replace(retry, **override["retry"])
+        timeout = override.get("timeout", timeout)
     return ChannelPolicy(retry, timeout, ordered, isolation)
 
 

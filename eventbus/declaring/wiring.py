@@ -23,15 +23,22 @@ from eventbus.running.connections import connection_params
 SETTING = 'EVENTBUS["LISTENER_MODULES"]'
 
 
+def _queues(requested: Sequence[str] | None) -> tuple[str, ...]:
+    """Queues named (a channel stands for all its subscriptions); default: all declared."""
+    return tuple(registry.queue_names()) if requested is None else registry.expand(requested)
+
+
 def handled_channels(requested: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The channels a listener claims: those requested (default: all declared) with a handler."""
-    names = registry.channel_names() if requested is None else requested
+    """The queues a listener claims: those requested (default: all declared) with a handler.
+
+    A channel with subscriptions stands for one queue per subscription."""
+    names = _queues(requested)
     return tuple(sorted({name for name in names if registry.has_handler(name)}))
 
 
 def missing_handlers(requested: Sequence[str] | None = None) -> list[str]:
-    """Requested (default: declared) channels that have no handler in this process."""
-    names = registry.channel_names() if requested is None else requested
+    """Requested (default: declared) queues that have no handler in this process."""
+    names = _queues(requested)
     return sorted({name for name in names if not registry.has_handler(name)})
 
 

@@ -272,7 +272,7 @@ class Executor:
             cursor.execute(
                 *sql.mark_errors(self.worker_name, [sql.ErrorMark(event.id, DEAD, 0, reason)])
             )
-        return [Outcome(event.id, event.channel, event.attempt, DEAD, reason, 0.0)]
+        return [Outcome(event.id, event.queue, event.attempt, DEAD, reason, 0.0)]
 
     def _crashed(self, event: Event, deaths: int) -> Outcome:
         limit = self.settings.CRASH_LIMIT
@@ -282,7 +282,7 @@ class Executor:
         else:
             self._run_dead_hook(self._with_payload(event), reason)
         error = _WorkerDied(reason)
-        return Outcome(event.id, event.channel, event.attempt, DEAD, describe(error), 0.0)
+        return Outcome(event.id, event.queue, event.attempt, DEAD, describe(error), 0.0)
 
     def _forget_lost_start(self) -> None:
         self.ledger.forget()
@@ -302,7 +302,7 @@ class Executor:
         shared: list[Event] = []  # per-event handlers of isolation="batch" channels
         singles: list[Event] = []
         for claim in claims:
-            channel = claim.channel
+            channel = claim.queue
             try:
                 registration = registry.handler_for(channel)
             except registry.UnknownChannel:
@@ -344,12 +344,12 @@ class Executor:
                     if taken and budget.exhausted():
                         break
                     event = self._with_payload(claim) if lazy and claim.id in lazy else claim
-                    timeout = policies[event.channel].timeout
+                    timeout = policies[event.queue].timeout
                     liveness.busy(timeout)
                     started = perf_counter()
                     limit.rearm(timeout)
                     self._inject_fault(event)
-                    registry.handler_for(event.channel).handler(event)
+                    registry.handler_for(event.queue).handler(event)
                     if limit.fired:
                         raise Deadline
                     limit.rearm(None)
@@ -368,13 +368,13 @@ class Executor:
             return results
         self.liveness.idle()
         return {  # all done: no transition to compute
-            e.id: Outcome(e.id, e.channel, e.attempt, DONE, None, seconds[e.id]) for e in taken
+            e.id: Outcome(e.id, e.queue, e.attempt, DONE, None, seconds[e.id]) for e in taken
         }
 
     def _handle_one(self, claim: Event) -> Outcome:
         """One event, its handler in its own savepoint; its on_dead hook if it dies."""
         event = self._with_payload(claim)
-        handler = registry.handler_for(event.channel).handler
+        handler = registry.handler_for(event.queue).handler
         error, seconds = self._attempt([event], lambda: handler(event))
         outcome = self._outcome(event, error, seconds)
         if outcome.status == DEAD:
@@ -436,7 +436,7 @@ class Executor:
         """Run `call` in a savepoint, under the channel's time limit (scaled by the number
         of events for a batch handler). A probe's savepoint is always rolled back: only
         its error counts. The caller checks the transaction state afterwards."""
-        timeout = self.policies[events[0].channel].timeout
+        timeout = self.policies[events[0].queue].timeout
         if timeout:
             timeout *= len(events)
         started = time.perf_counter()
@@ -524,7 +524,7 @@ class Executor:
 
     def _outcome(self, event: Event, error: BaseException | None, seconds: float) -> Outcome:
         transient_errors = self._transients.get(event.id, 0)
-        policy = self.policies[event.channel].retry
+        policy = self.policies[event.queue].retry
         transient = is_transient(error)
         if transient and transient_errors >= self.settings.TRANSIENT_RETRIES:
             transient = False  # out of transient retries: an ordinary failed attempt
@@ -534,11 +534,11 @@ class Executor:
         )
         text = describe(error) if error is not None else None
         return Outcome(
-            event.id, event.channel, event.attempt, step.state, text, seconds, step.delay, transient
+            event.id, event.queue, event.attempt, step.state, text, seconds, step.delay, transient
         )
 
     def _run_dead_hook(self, event: Event, error_text: str) -> None:
-        hook = registry.dead_hook_for(event.channel)
+        hook = registry.dead_hook_for(event.queue)
         if hook is None:
             return
         error, _ = self._attempt([event], lambda: hook(event, error_text), inject=False)
@@ -546,9 +546,9 @@ class Executor:
             log.error(
                 "event %d %s: its on_dead hook failed: %s",
                 event.id,
-                event.channel,
+                event.queue,
                 first_line(describe(error)),
-                extra={"event_id": event.id, "channel": event.channel},
+                extra={"event_id": event.id, "channel": event.queue},
             )
 
     def _mark(self, outcomes: list[Outcome]) -> None:
@@ -633,7 +633,7 @@ class Executor:
         handler call may take (0, none, when some channel has no timeout)."""
         pin = self._pins.get(limit)
         if pin is None:
-            names = registry.channel_names()
+            names = registry.queue_names()
             timeouts = [self.policies[name].timeout for name in names]
             if not names or not all(timeouts):
                 milliseconds = 0

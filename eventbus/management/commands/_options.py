@@ -12,16 +12,21 @@ from eventbus.declaring import registry
 
 
 def channels(names: list[str] | None) -> tuple[str, ...] | None:
-    """Validate channel names against the declared channels; None means all."""
+    """Validate channel names against the declared channels; None means all.
+
+    A channel with subscriptions stands for all of them; ``channel:subscription`` for one.
+    Returns queue names."""
     if not names:
         return None
-    known = set(registry.channel_names())
-    unknown = sorted(set(names) - known)
+    unknown = sorted(name for name in set(names) if not registry.is_declared(name))
     if unknown:
+        known = registry.channel_names() + [
+            q for q in registry.queue_names() if q not in registry.channel_names()
+        ]
         raise CommandError(
             f"unknown channel(s): {', '.join(unknown)}. Declared: {', '.join(sorted(known))}"
         )
-    return tuple(dict.fromkeys(names))
+    return registry.expand(names)
 
 
 def timestamp(value: str | None) -> datetime | None:

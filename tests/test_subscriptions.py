@@ -1,0 +1,243 @@
+"""Several handlers per channel: each subscription has its own events and its own fate."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection, models, transaction
+
+from eventbus import INSERT, UPDATE, Channel, Event, RetryPolicy
+from eventbus.declaring import registry, wiring
+from eventbus.declaring.policies import resolve
+from eventbus.models import EventRecord
+from eventbus.running.executor import Executor
+from eventbus.sql import Scope
+from tests import fanout
+from tests.support import Listener, wait_until
+
+pytestmark = pytest.mark.django_db
+
+calls: Counter[str] = Counter()
+failing: set[str] = set()  # subscriptions whose handler raises
+
+fanned = Channel(
+    "test_fanned",
+    operations=[INSERT, UPDATE],
+    key="label",
+    subscriptions=["email_author", "search_index"],
+    retry=RetryPolicy(max_attempts=3, base_delay=0),
+)
+announced = Channel("test_announced", operations=(), subscriptions=["audit", "notify"])
+
+
+class Gadget(models.Model):
+    """A table of the test's own, with the fanned channel's triggers."""
+
+    label = models.TextField()
+
+    class Meta:
+        app_label = "test_subscriptions"
+        db_table = "test_subscriptions_gadget"
+        triggers = fanned.triggers()
+
+
+def _record(event: Event) -> None:
+    calls[f"{event.subscription}:{event.id}"] += 1
+    if event.subscription in failing:
+        raise RuntimeError(f"{event.subscription} is down")
+
+
+@fanned.on("email_author")
+def _email_author(event: Event) -> None:
+    _record(event)
+
+
+@fanned.on  # a bare decorator takes the subscription of the function's name
+def search_index(event: Event) -> None:
+    _record(event)
+
+
+@announced.on("audit", timeout=7, retry=RetryPolicy(max_attempts=9))
+def _audit(event: Event) -> None:
+    _record(event)
+
+
+@announced.on("notify")
+def _notify(event: Event) -> None:
+    _record(event)
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    calls.clear()
+    failing.clear()
+
+
+@pytest.fixture
+def gadgets() -> Iterator[None]:
+    """The Gadget table and its channel triggers, rolled back with the test."""
+    with connection.schema_editor() as editor:
+        editor.create_model(Gadget)
+    for trigger in Gadget._meta.triggers:
+        trigger.install(Gadget)
+    yield
+
+
+def run(*names: str) -> list:
+    return Executor("test-worker").run_batch(Scope(channels=registry.expand(names)), 1000)
+
+
+def states() -> dict[str, str]:
+    return dict(
+        EventRecord.objects.filter(channel__startswith="test_").values_list("channel", "state")
+    )
+
+
+def test_a_write_makes_one_event_per_subscription_in_the_writers_transaction(gadgets: None) -> None:
+    Gadget.objects.bulk_create([Gadget(label="a"), Gadget(label="b")])
+    rows = EventRecord.objects.filter(channel__startswith="test_fanned").order_by("id")
+    assert sorted((r.channel, r.key) for r in rows) == [
+        ("test_fanned:email_author", "a"),
+        ("test_fanned:email_author", "b"),
+        ("test_fanned:search_index", "a"),
+        ("test_fanned:search_index", "b"),
+    ]
+    assert all(r.new["label"] == r.key for r in rows)
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Gadget.objects.create(label="rolled back")
+        raise RuntimeError
+    assert EventRecord.objects.filter(key="rolled back").count() == 0
+
+
+def test_each_subscription_runs_its_handler_once_on_its_own_event(gadgets: None) -> None:
+    Gadget.objects.create(label="x")
+    outcomes = run("test_fanned")
+    assert len(outcomes) == 2 and all(o.ok for o in outcomes)
+    events = EventRecord.objects.filter(channel__startswith="test_fanned")
+    assert {e.channel: e.state for e in events} == {
+        "test_fanned:email_author": "done",
+        "test_fanned:search_index": "done",
+    }
+    assert sorted(calls.values()) == [1, 1]
+    assert sorted(k.split(":")[0] for k in calls) == ["email_author", "search_index"]
+
+
+def test_a_failing_subscription_never_reruns_the_others(gadgets: None) -> None:
+    failing.add("email_author")
+    Gadget.objects.create(label="x")
+    run("test_fanned")
+    by_queue = {e.channel: e for e in EventRecord.objects.filter(channel__startswith="test_fanned")}
+    assert by_queue["test_fanned:email_author"].state == "failed"
+    assert by_queue["test_fanned:search_index"].state == "done"
+
+    run("test_fanned")  # the retry (base_delay 0) runs the failed subscription only
+    run("test_fanned")
+    by_queue = {e.channel: e for e in EventRecord.objects.filter(channel__startswith="test_fanned")}
+    assert by_queue["test_fanned:email_author"].state == "dead"
+    assert by_queue["test_fanned:email_author"].attempts == 3
+    index_event = by_queue["test_fanned:search_index"].id
+    assert calls[f"search_index:{index_event}"] == 1  # not repeated by its sibling's retries
+
+    failing.clear()
+    call_command("events", "retry", "--channel", "test_fanned:email_author", "--state", "dead")
+    run("test_fanned")
+    assert calls[f"search_index:{index_event}"] == 1
+    assert EventRecord.objects.get(channel="test_fanned:email_author").state == "done"
+
+
+def test_a_listener_can_take_one_subscription_or_all_of_a_channel(gadgets: None) -> None:
+    assert wiring.handled_channels(["test_fanned"]) == (
+        "test_fanned:email_author",
+        "test_fanned:search_index",
+    )
+    assert wiring.handled_channels(["test_fanned:search_index"]) == ("test_fanned:search_index",)
+    Gadget.objects.create(label="x")
+    run("test_fanned:search_index")
+    by_queue = {e.channel: e.state for e in EventRecord.objects.filter(key="x")}
+    assert by_queue == {"test_fanned:email_author": "pending", "test_fanned:search_index": "done"}
+
+
+def test_publishing_writes_one_event_per_subscription() -> None:
+    first = announced.publish({"n": 1}, key="k")
+    rows = EventRecord.objects.filter(channel__startswith="test_announced").order_by("id")
+    assert [(r.id, r.channel) for r in rows] == [
+        (first, "test_announced:audit"),
+        (first + 1, "test_announced:notify"),
+    ]
+    run("test_announced")
+    assert set(
+        EventRecord.objects.filter(id__in=[first, first + 1]).values_list("state", flat=True)
+    ) == {"done"}
+
+
+def test_a_subscription_may_override_the_channels_timeout_and_retry() -> None:
+    audit, notify = resolve("test_announced:audit"), resolve("test_announced:notify")
+    assert (audit.timeout, audit.retry.max_attempts) == (7, 9)
+    assert notify.retry.max_attempts != 9
+
+
+def test_a_second_handler_without_subscriptions_is_an_error_that_names_the_remedy() -> None:
+    single = Channel("test_single_handler", operations=())
+
+    @single.on
+    def first(event: Event) -> None: ...
+
+    with pytest.raises(ValueError, match=r"subscriptions=\[\.\.\.\].*makemigrations and migrate"):
+
+        @single.on
+        def second(event: Event) -> None: ...
+
+    with pytest.raises(ValueError, match=r"no subscription 'typo'.*email_author, search_index"):
+        fanned.on("typo")(lambda event: None)
+
+
+def test_a_subscription_without_a_handler_stops_the_listener_from_starting() -> None:
+    half = Channel("test_half_handled", operations=(), subscriptions=["done", "forgotten"])
+    half.on("done")(lambda event: None)
+    assert wiring.missing_handlers(["test_half_handled"]) == ["test_half_handled:forgotten"]
+    with pytest.raises(ValueError, match="test_half_handled:forgotten"):
+        wiring.require_handlers(["test_half_handled"])
+
+
+def test_commands_name_a_channel_or_one_of_its_subscriptions() -> None:
+    with pytest.raises(CommandError, match="unknown channel"):
+        call_command("events", "--channel", "test_fanned:nope")
+    call_command("events", "--channel", "test_fanned")
+    call_command("events", "--channel", "test_fanned:email_author")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_listeners_run_every_subscription_once_while_one_of_them_retries(
+    start_listener: Callable[..., Listener],
+) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(fanout.CREATE_EFFECT_TABLE)
+        cursor.execute(f"TRUNCATE {fanout.EFFECT_TABLE}")
+    with transaction.atomic():
+        firsts = [fanout.fanout.publish({"n": n}, key=n) for n in range(20)]
+    start_listener(
+        "--processes", "2", env_extra={"EVENTBUS_LISTENER_MODULES": "listeners,tests.fanout"}
+    )
+    queues = EventRecord.objects.filter(channel__startswith="fanout_demo:")
+    wait_until(
+        lambda: queues.filter(state="done").count() == 40,
+        60,
+        what="both subscriptions of 20 events to be done",
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT subscription, count(*), count(DISTINCT event_id), min(attempt), "
+            f"max(attempt) FROM {fanout.EFFECT_TABLE} GROUP BY 1 ORDER BY 1"
+        )
+        effects = cursor.fetchall()
+    assert effects == [
+        ("flaky", 20, 20, fanout.FLAKY_ATTEMPTS, fanout.FLAKY_ATTEMPTS),
+        ("tally", 20, 20, 1, 1),  # once each, however often its sibling was retried
+    ]
+    tally_ids = set(queues.filter(channel="fanout_demo:tally").values_list("id", flat=True))
+    assert tally_ids == set(firsts)
