@@ -2,6 +2,8 @@
 
 (a) 100,000 comments inserted in batches of 1,000 (one INSERT … SELECT per batch), with
     the comment trigger installed and with it disabled.
+(c) The same 100,000 comments when the channel has 1, 2 or 4 subscriptions: the
+    trigger writes one event row per subscription, in the same single INSERT … SELECT.
 (b) Many small single-row transactions from 4 writer processes: no trigger, the trigger
     with its NOTIFY, and the same trigger without the NOTIFY (what `notify=False` makes).
     Every notifying commit takes a cluster-wide lock; (b) shows what that costs.
@@ -35,8 +37,27 @@ def _trigger(conn) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     return name, func
 
 
+def _fanned_body(subscriptions: int) -> tuple[str, str]:
+    """The comment trigger's body as installed, and as it would be with `subscriptions`."""
+    import copy
+
+    import channels
+    from blog.models import Comment
+    from eventbus import INSERT
+    from eventbus.declaring.channel import render_trigger_body
+
+    declared = channels.comment_created
+    fanned = copy.copy(declared)  # not declared: no second registration of the name
+    fanned.subscriptions = tuple(f"handler_{n}" for n in range(subscriptions))
+    return (
+        render_trigger_body(declared, INSERT, Comment),
+        render_trigger_body(fanned, INSERT, Comment),
+    )
+
+
 def _set_mode(url: str, mode: str) -> None:
-    """mode: 'none' (trigger disabled), 'notify' (as installed), 'quiet' (no NOTIFY)."""
+    """mode: 'none' (trigger disabled), 'notify' (as installed), 'quiet' (no NOTIFY),
+    'subs:N' (as installed, with N subscriptions)."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
@@ -49,6 +70,10 @@ def _set_mode(url: str, mode: str) -> None:
             start = source.index("IF FOUND THEN PERFORM pg_notify")
             end = source.index("END IF;", start) + len("END IF;")
             source = source[:start] + source[end:]
+        if mode.startswith("subs:"):
+            installed, fanned = _fanned_body(int(mode[5:]))
+            assert installed in source, "the installed trigger is not the declared channel's"
+            source = source.replace(installed, fanned)
         conn.execute(source)
         action = "DISABLE" if mode == "none" else "ENABLE"
         conn.execute(f'ALTER TABLE blog_comment {action} TRIGGER "{name}"')
@@ -120,6 +145,22 @@ def main() -> None:
             "ratio": round(results["batched_notify"] / results["batched_none"], 2),
         }
     ]
+    fans: dict[int, list[float]] = {1: [], 2: [], 4: []}
+    for _ in range(3):
+        for n, times in fans.items():
+            _set_mode(url, f"subs:{n}")
+            times.append(batched(url, post.pk, author.pk, args.comments))
+    base = results["batched_none"]
+    for n, times in fans.items():
+        best = min(times)
+        rows.append(
+            {
+                "case": f"{args.comments:,} comments, channel with {n} subscription(s)",
+                "without_trigger": f"{base:.2f} s",
+                "with_trigger": f"{best:.2f} s ({n * args.comments / best:,.0f} event rows/s)",
+                "ratio": round(best / base, 2),
+            }
+        )
     rates = {}
     for mode in ("none", "notify", "quiet"):
         _set_mode(url, mode)

@@ -460,3 +460,26 @@ def unhandled_backlog(live_within: float) -> tuple[sql.Composed, dict[str, Any]]
         "(SELECT 1 FROM covered AS c WHERE c.channel IN (b.channel, '*')) ORDER BY b.channel"
     ).format(workers=WORKERS, table=TABLE, runnable=_in("e.state", RUNNABLE))
     return query, {"live": live_within}
+
+
+# --- Backfill: a subscription added later replays the channel's history (operating.backfill) ---
+
+# Sources: the channel's other queues with events since a time, most events first.
+BACKFILL_SOURCES = sql.SQL(
+    "SELECT channel, count(*) FROM {table} WHERE channel <> %(queue)s "
+    "AND (channel = %(channel)s OR channel LIKE %(prefix)s) AND created_at >= %(since)s "
+    "GROUP BY channel ORDER BY count(*) DESC, channel"
+).format(table=TABLE)
+
+# Copies of the source queue's events that the target never received: those since
+# `since` and older than the target's oldest event (when it began to receive its own), so
+# that a second run copies nothing again. Copies keep their time and start pending.
+BACKFILL = sql.SQL(
+    "WITH copied AS (INSERT INTO {table} "
+    "(channel, operation, table_name, key, old, new, ordered, created_at) "
+    "SELECT %(queue)s, s.operation, s.table_name, s.key, s.old, s.new, s.ordered, s.created_at "
+    "FROM {table} AS s WHERE s.channel = %(source)s AND s.created_at >= %(since)s "
+    "AND s.created_at < coalesce((SELECT min(created_at) FROM {table} "
+    "WHERE channel = %(queue)s), 'infinity') ORDER BY s.id RETURNING id) "
+    "SELECT count(*), min(id), max(id) FROM copied"
+).format(table=TABLE)

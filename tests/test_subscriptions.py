@@ -241,3 +241,32 @@ def test_listeners_run_every_subscription_once_while_one_of_them_retries(
     ]
     tally_ids = set(queues.filter(channel="fanout_demo:tally").values_list("id", flat=True))
     assert tally_ids == set(firsts)
+
+
+def test_a_subscription_added_later_can_replay_the_channels_history_once() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from eventbus.operating.backfill import backfill
+
+    start = timezone.now() - timedelta(hours=1)
+    for n in range(3):  # before "notify" existed, only "audit" received the channel's events
+        EventRecord.objects.create(
+            channel="test_announced:audit",
+            operation="PUBLISH",
+            table_name="",
+            key=str(n),
+            new={"n": n},
+            state="done",
+        )
+    announced.publish({"n": 3}, key=3)  # from then on, both receive each event
+
+    copied = backfill("test_announced:notify", since=start)
+    assert (copied.source, copied.count) == ("test_announced:audit", 3)
+    assert backfill("test_announced:notify", since=start).count == 0, "never copied twice"
+    notify = EventRecord.objects.filter(channel="test_announced:notify").order_by("created_at")
+    assert [e.key for e in notify] == ["0", "1", "2", "3"]
+    run("test_announced:notify")
+    assert set(notify.values_list("state", flat=True)) == {"done"}
+    assert sum(1 for k in calls if k.startswith("notify:")) == 4
