@@ -99,18 +99,5 @@ EVENTBUS = {
     # Modules imported at start-up that register handlers.
     "LISTENER_MODULES": ["listeners"],
 }
-
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"}
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {
-        "eventbus": {
-            "handlers": ["console"],
-            "level": os.environ.get("EVENTBUS_LOG_LEVEL", "INFO"),
-        },
-    },
-}
+# No LOGGING: eventbus logs its start, state changes and errors to stderr by itself, at
+# EVENTBUS_LOG_LEVEL (README, "Logs"). A project's LOGGING for "eventbus" would win.
