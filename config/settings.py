@@ -6,6 +6,7 @@ Everything that differs between machines comes from the environment.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -22,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",
     "pgtrigger",
     "eventbus",
     "blog",
@@ -29,6 +31,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's CSS, from gunicorn or runserver
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -80,7 +83,16 @@ MIGRATION_MODULES = {"blog": "migrations"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
+
+# --- Static files (the admin's CSS and JavaScript) -------------------------------------
+# WhiteNoise serves them from the site itself: straight from the apps (no step needed for
+# the demo, runserver or the tests), and from STATIC_ROOT once `collectstatic` has run (the
+# image does it at build time).
 STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+WHITENOISE_USE_FINDERS = True
+# Before any collectstatic, WhiteNoise warns that STATIC_ROOT is missing; the apps serve.
+warnings.filterwarnings("ignore", message=f"No directory at: {STATIC_ROOT}")
 
 # --- Email -----------------------------------------------------------------------------
 # The demo prints emails to the console; production sets an SMTP backend and host.
@@ -99,18 +111,5 @@ EVENTBUS = {
     # Modules imported at start-up that register handlers.
     "LISTENER_MODULES": ["listeners"],
 }
-
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"}
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {
-        "eventbus": {
-            "handlers": ["console"],
-            "level": os.environ.get("EVENTBUS_LOG_LEVEL", "INFO"),
-        },
-    },
-}
+# No LOGGING: eventbus logs its start, state changes and errors to stderr by itself, at
+# EVENTBUS_LOG_LEVEL (README, "Logs"). A project's LOGGING for "eventbus" would win.

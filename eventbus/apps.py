@@ -9,9 +9,13 @@ class EventbusConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Import the listener modules so their handlers are registered in every process."""
+        """Log out of the box, and import the listener modules so their handlers are
+        registered in every process."""
         from eventbus import conf
         from eventbus.declaring import wiring  # noqa: F401 (they register checks
+        from eventbus.operating import logs
+
+        logs.install_default(conf.get().LOG_LEVEL)
 
         for module in conf.get().LISTENER_MODULES:
             import_module(module)

@@ -26,6 +26,7 @@ _ENVIRONMENT: dict[str, Any] = {
     "MAX_SAVEPOINTS": int,
     "PAYLOAD_BUDGET": int,
     "TRANSIENT_RETRIES": int,
+    "LOG_LEVEL": str,
     "LISTENER_MODULES": lambda v: tuple(
         m for m in v.split(",") if m
     ),  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
@@ -55,6 +56,7 @@ class Settings:
     MAX_SAVEPOINTS: int = 64  # savepoints per claim transaction (0: no cap)
     PAYLOAD_BUDGET: int = 64 * 1024 * 1024  # bytes of payload a worker holds at once
     TRANSIENT_RETRIES: int = 10  # deadlock/serialization/lock-timeout retries per event
+    LOG_LEVEL: str = "INFO"  # the engine's logs, unless the project's LOGGING sets them
     FAULT_RATE: float = 0.0  # chaos testing: fraction of attempts failed on purpose
     FAULT_SEED: int = 0
 

@@ -14,6 +14,7 @@ that keeps failing cannot loop it.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,8 @@ from eventbus.running.executor import Executor, Outcome
 from eventbus.running.worker import worker_name
 
 REPLAYABLE = (PENDING, FAILED)
+
+log = logging.getLogger("eventbus.recovery")
 
 
 # Outcomes that no longer hold back the later events of their key (see sql._where).
@@ -87,7 +90,14 @@ def replay(
     `should_stop` (Ctrl-C): the handler in flight finishes, its batch commits, the replay
     ends there and counts what is left.
     """
-    executor = Executor(f"recover@{worker_name()}", alias, should_stop=should_stop)
+    name = f"recover@{worker_name()}"
+    log.info(
+        "%s started (states: %s; channels: %s)",
+        name,
+        ", ".join(scope.states),
+        ", ".join(scope.channels) if scope.channels else "all",
+    )
+    executor = Executor(name, alias, should_stop=should_stop)
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.max_id())
         (upto_id,) = cursor.fetchone()
@@ -105,6 +115,7 @@ def replay(
         pass_scope = _next_pass(bounded, attempted, alias) if outcomes else None
     executor.close()
     _tally(summary, bounded, [i for i, s in attempted.items() if s != DONE], alias)
+    log.info("%s finished: %d event(s) attempted", name, len(attempted))
     return summary
 
 

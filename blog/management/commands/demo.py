@@ -1,22 +1,32 @@
-"""./manage.py demo: start the listener, write posts, tags and comments, show them handled."""
+"""./manage.py demo: start the listener, write posts, tags and comments, show them handled.
+
+The writes start once the workers are listening, step by step, so what the demo shows is
+the live path (a NOTIFY at commit wakes an idle worker), not only the drain at start-up.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
 from django.db.models import Count
 
 from blog.models import Category, Comment, Post, Tag
-from eventbus.models import EventRecord
+from eventbus import conf
+from eventbus.models import EventRecord, WorkerRecord
+
+ADMIN_URL = "http://127.0.0.1:8000/admin/eventbus/eventrecord/"
 
 
 class Command(BaseCommand):
@@ -29,9 +39,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         self.say(f"database: {_describe_database()}")
         call_command("migrate", verbosity=0)
-        first_event = EventRecord.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        first_event = _last_event_id()
         listener = self.start_listener(options["processes"])
         try:
+            self.wait_for_workers(listener, options["processes"])
             self.write_workload(options["comments"])
             self.wait_for_events(first_event)
         finally:
@@ -40,6 +51,11 @@ class Command(BaseCommand):
         self.say(f"listener stopped with exit code {code}")
         if code != 0:
             raise CommandError("the listener did not stop cleanly")
+        self.say(f"see these events in the admin: {ADMIN_URL}")
+        self.stdout.write(
+            "    log in with a user of your own: ./run manage createsuperuser\n"
+            "    then serve the site:            ./run manage runserver"
+        )
 
     def say(self, text: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"demo: {text}"))
@@ -54,6 +70,43 @@ class Command(BaseCommand):
         )
         return listener
 
+    def wait_for_workers(
+        self, listener: subprocess.Popen[bytes], processes: int, timeout: float = 60
+    ) -> None:
+        """Until every worker has sent its first heartbeat, which it does after LISTEN."""
+        since = _database_now()
+        deadline = time.monotonic() + timeout
+        while WorkerRecord.objects.filter(started_at__gte=since).count() < processes:
+            if listener.poll() is not None:
+                raise CommandError(f"the listener exited with code {listener.returncode}")
+            if time.monotonic() > deadline:
+                raise CommandError(f"the workers did not start within {timeout:.0f} s")
+            time.sleep(0.05)
+        self.say(f"{processes} worker(s) listening and idle; now the writes, one step at a time")
+
+    @contextlib.contextmanager
+    def step(self, text: str) -> Iterator[None]:
+        """Say what the step writes; after it, wait for its events and say how fast they ran."""
+        self.say(text)
+        after = _last_event_id()
+        yield
+        self.wait_for_events(after)
+        events = EventRecord.objects.filter(id__gt=after, finished_at__isnull=False)
+        waits = sorted(
+            (e.finished_at - e.created_at).total_seconds() * 1000
+            for e in events.only("created_at", "finished_at")
+        )
+        if waits:
+            how = (
+                "the commit's NOTIFY woke an idle worker"
+                if waits[-1] < conf.get().POLL_INTERVAL * 1000
+                else "some were found by the poll"
+            )
+            self.stdout.write(
+                f"    {len(waits)} event(s) handled {waits[0]:.0f}-{waits[-1]:.0f} ms after "
+                f"the write: {how}"
+            )
+
     def write_workload(self, comments: int) -> None:
         run = int(time.time())
         alice, _ = User.objects.get_or_create(
@@ -64,28 +117,33 @@ class Command(BaseCommand):
         postgres, _ = Tag.objects.get_or_create(name="postgres")
         howto, _ = Category.objects.get_or_create(name="how-to")
 
-        self.say("alice writes two posts and tags them (save, M2M add)")
-        post = Post.objects.create(
-            title=f"Events without a broker ({run})",
-            body="Triggers write the event in the same transaction as the row.",
-            author=alice,
-        )
-        post.tags.add(python, postgres)
-        post.categories.add(howto)
-        second = Post.objects.create(title=f"Notes ({run})", body="short", author=alice)
-        second.tags.add(python)
+        with self.step("alice writes two posts and tags them (save, M2M add)"):
+            post = Post.objects.create(
+                title=f"Events without a broker ({run})",
+                body="Triggers write the event in the same transaction as the row.",
+                author=alice,
+            )
+            post.tags.add(python, postgres)
+            post.categories.add(howto)
+            second = Post.objects.create(title=f"Notes ({run})", body="short", author=alice)
+            second.tags.add(python)
 
-        self.say("alice comments on her own post (no email), bob comments (one email)")
-        Comment.objects.create(post=post, author=alice, body="Thanks for reading!")
-        Comment.objects.create(post=post, author=bob, body="This replaced our Celery setup.")
+        with self.step("alice comments on her own post (no email), bob comments (one email)"):
+            Comment.objects.create(post=post, author=alice, body="Thanks for reading!")
+            Comment.objects.create(post=post, author=bob, body="This replaced our Celery setup.")
 
-        self.say(f"bob bulk-creates {comments} comments (bulk_create: no signals, still events)")
-        Comment.objects.bulk_create(
-            [Comment(post=second, author=bob, body=f"bulk comment {i}") for i in range(comments)]
-        )
-        self.say("alice edits a body with QuerySet.update() and removes a tag")
-        Post.objects.filter(pk=second.pk).update(body="a longer body with seven words now")
-        second.tags.remove(python)
+        with self.step(
+            f"bob bulk-creates {comments} comments (bulk_create: no signals, still events)"
+        ):
+            Comment.objects.bulk_create(
+                [
+                    Comment(post=second, author=bob, body=f"bulk comment {i}")
+                    for i in range(comments)
+                ]
+            )
+        with self.step("alice edits a body with QuerySet.update() and removes a tag"):
+            Post.objects.filter(pk=second.pk).update(body="a longer body with seven words now")
+            second.tags.remove(python)
 
     def wait_for_events(self, after_id: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -124,6 +182,17 @@ class Command(BaseCommand):
                     f"    {item.name:<12} post_count={item.post_count:<4} "
                     f"links={item.links:<4} {mark}"
                 )
+
+
+def _last_event_id() -> int:
+    return EventRecord.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def _database_now() -> Any:
+    """The database's clock, which stamps the workers' rows (this host's may differ)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        return cursor.fetchone()[0]
 
 
 def _describe_database() -> str:

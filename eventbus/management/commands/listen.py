@@ -11,7 +11,7 @@ from eventbus import conf, sql
 from eventbus.declaring import wiring
 from eventbus.management.commands import _options
 from eventbus.models import EventRecord, InflightRecord, WorkerRecord
-from eventbus.operating import logs, metrics, status
+from eventbus.operating import databases, logs, metrics, status
 from eventbus.running.supervisor import Supervisor
 from eventbus.running.worker import WorkerOptions
 
@@ -100,13 +100,17 @@ def _require_migrated(alias: str) -> None:
     """Refuse to start on a database without the eventbus tables, with the remedy.
 
     An unreachable database is no reason to refuse: workers wait for it with backoff.
+    One that does not exist is: no wait makes it appear.
     """
     try:
         with connections[alias].cursor() as cursor:
             needed = [m._meta.db_table for m in (EventRecord, WorkerRecord, InflightRecord)]
             cursor.execute(sql.MISSING_TABLES, [needed])
             missing = [row[0] for row in cursor.fetchall()]
-    except OperationalError:
+    except OperationalError as exc:
+        remedy = databases.missing_database(exc)
+        if remedy:
+            raise CommandError(remedy) from None
         return
     finally:
         connections[alias].close()  # not inherited by the forked workers
