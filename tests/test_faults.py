@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from django.db import connection
 from blog.models import Post
 from eventbus.models import EventRecord
 from tests.proxy import Proxy
-from tests.support import Listener, manage_env, wait_until
+from tests.support import Listener, free_port, manage_env, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -117,3 +118,31 @@ def test_listeners_survive_a_postgresql_restart(
     wait_until(lambda: processed(second), 30, what="the event written after the restart")
     assert EventRecord.objects.exclude(state="done").count() == 0
     assert set(EventRecord.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_a_worker_backing_off_from_a_lost_database_stops_when_its_supervisor_dies(
+    tmp_path: Path,
+) -> None:
+    """Its listen connection is refused, so its reconnect backoff grows to 8 s; it must
+    still notice the dead supervisor within a beat, not at the end of its sleep."""
+    s = connection.settings_dict
+    refused = f"postgresql://{s.get('USER') or ''}@127.0.0.1:{free_port()}/{s['NAME']}"
+    env = manage_env(EVENTBUS_LISTEN_DATABASE_URL=refused, EVENTBUS_RECONNECT_MAX_DELAY="60")
+    listener = Listener(tmp_path / "listen.log", "--poll-interval", "60", env=env)
+    try:
+        listener.wait_started(1)
+        (worker,) = listener.worker_pids()
+        wait_until(lambda: "reconnecting in 8.0 s" in listener.log(), 30, what="a long backoff")
+        os.kill(listener.pid, signal.SIGKILL)
+        listener.process.wait()
+        wait_until(
+            lambda: (
+                not Path(f"/proc/{worker}").exists()
+                or Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z"
+            ),
+            3,
+            what="the orphaned worker to stop during its 8 s backoff",
+        )
+        assert "lost its supervisor; stopping" in listener.log()
+    finally:
+        listener.stop()

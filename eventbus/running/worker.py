@@ -236,7 +236,11 @@ class Worker:
         self.executor.ledger.close()
 
     def _sleep(self, seconds: float) -> None:
-        select.select([self._wake_r], [], [], seconds)
+        """Back off, but notice a stop request or a dead supervisor within a beat."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            select.select([self._wake_r], [], [], min(left, BEAT_INTERVAL))
+            self._stop_if_orphaned()
 
 
 class Health:
