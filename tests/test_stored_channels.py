@@ -99,7 +99,7 @@ def test_purge_cleans_a_removed_channel_in_batches_and_unfinished_events_only_wi
 
     with psycopg.connect(database_url()) as worker:  # a listener is handling the failed one
         worker.execute("SELECT 1 FROM eventbus_event WHERE id = %s FOR UPDATE", [failed.pk])
-        confirmed = manage(*unfinished, "--yes")
+        confirmed = manage(*unfinished, "--yes", timeout=30)  # never waits for it
     assert confirmed.returncode == 0, confirmed.stderr
     assert f"purged 1 pending/failed event(s) of channel {REMOVED}" in confirmed.stdout
     assert "left 1 event(s) that a listener is handling right now" in confirmed.stderr
