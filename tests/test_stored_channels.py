@@ -102,7 +102,7 @@ def test_purge_cleans_a_removed_channel_in_batches_and_unfinished_events_only_wi
         confirmed = manage(*unfinished, "--yes", timeout=30)  # never waits for it
     assert confirmed.returncode == 0, confirmed.stderr
     assert f"purged 1 pending/failed event(s) of channel {REMOVED}" in confirmed.stdout
-    assert "left 1 event(s) that a listener is handling right now" in confirmed.stderr
+    assert "left 1 event(s): a listener is handling them right now" in confirmed.stderr
     assert set(EventRecord.objects.values_list("pk", flat=True)) == {failed.pk, kept.pk}
 
     assert "say which events" in manage("events", "purge", "--state", "dead").stderr

@@ -42,7 +42,8 @@ def purge(
     unfinished: bool = False,
 ) -> int:
     """Delete the events of `scope` older than `before` in batches of `batch_size`, each
-    in its own short transaction; an event a worker holds right now is skipped.
+    in its own short transaction; an event a worker holds right now is skipped. Without
+    `max_batches`, events written after the purge began are left alone.
 
     Done and dead events are history. Pending and failed ones are work not yet done, so
     they are deleted only with `unfinished` (an operator cleaning up a removed channel).
@@ -53,6 +54,10 @@ def purge(
     refused = set(scope.states) - set(PURGEABLE)
     if refused and not unfinished:
         raise ValueError(f"only {', '.join(PURGEABLE)} events can be purged, not {sorted(refused)}")
+    if max_batches is None and scope.upto_id is None:  # ends even while writers keep writing
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql.max_id())
+            scope = replace(scope, upto_id=cursor.fetchone()[0])
     total, batches = 0, 0
     while max_batches is None or batches < max_batches:
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:

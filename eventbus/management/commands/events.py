@@ -210,8 +210,8 @@ class Command(BaseCommand):
         self.stdout.write(f"purged {deleted} {what}")
         if unfinished and (held := sum(maintenance.purgeable(scope, before, alias).values())):
             self.stderr.write(
-                f"left {held} event(s) that a listener is handling right now; "
-                "run the purge again once it has finished them"
+                f"left {held} event(s): a listener is handling them right now, or they "
+                "were written during the purge; run it again to delete what is left"
             )
 
     def _counts(self, title: str, counts: dict[tuple[str, str], int]) -> None:
