@@ -41,6 +41,7 @@ class Scope:
     due_only: bool = True
     ordered_channels: tuple[str, ...] = ()  # one event at a time per key, in id order
     exclude_ids: tuple[int, ...] = ()  # already attempted by this replay
+    keys: tuple[str, ...] | None = None  # operators: one order's, one post's events
 
 
 # The claim must walk the runnable index in id order and stop after `limit` rows. With
@@ -209,6 +210,15 @@ def ids_in(scope: Scope) -> tuple[sql.Composed, dict[str, Any]]:
     return query, params
 
 
+def newest_ids(scope: Scope, limit: int) -> tuple[sql.Composed, dict[str, Any]]:
+    """Ids of the newest `limit` events of `scope` (what `events` lists)."""
+    where, params = _where(replace(scope, due_only=False, ordered_channels=()))
+    query = sql.SQL(
+        "SELECT e.id FROM {table} AS e WHERE {where} ORDER BY e.id DESC LIMIT %(limit)s"
+    ).format(table=TABLE, where=where)
+    return query, {**params, "limit": limit}
+
+
 def max_id() -> sql.Composed:
     return sql.SQL("SELECT coalesce(max(id), 0) FROM {table}").format(table=TABLE)
 
@@ -219,14 +229,27 @@ def _in(column: str, values: Sequence[str]) -> sql.Composable:
     )
 
 
+def _channel_in(column: str, names: sql.Composable) -> sql.Composable:
+    """The one place a channel filter is built: `column` is one of the array `names`.
+
+    Every query that selects events by channel name (claims, recover, `events`, purge,
+    and the check that a name exists in the table) goes through here, so a name that
+    later stands for several stored queues changes in this function only.
+    """
+    return sql.SQL("{} = ANY({})").format(sql.SQL(column), names)
+
+
 def _where(scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
     parts: list[sql.Composable] = [_in("e.state", scope.states)]
     params: dict[str, Any] = {}
     if scope.due_only:
         parts.append(sql.SQL("e.run_after <= statement_timestamp()"))
     if scope.channels is not None:
-        parts.append(sql.SQL("e.channel = ANY(%(channels)s)"))
+        parts.append(_channel_in("e.channel", sql.SQL("%(channels)s")))
         params["channels"] = list(scope.channels)
+    if scope.keys is not None:
+        parts.append(sql.SQL("e.key = ANY(%(keys)s)"))
+        params["keys"] = list(scope.keys)
     if scope.ids is not None:
         parts.append(sql.SQL("e.id = ANY(%(ids)s)"))
         params["ids"] = list(scope.ids)
@@ -327,16 +350,66 @@ def notify_channels(channels: Sequence[str]) -> tuple[sql.Composed, list[Any]]:
     ), [sorted(set(channels))]
 
 
+def _purgeable(scope: Scope, before: datetime | None) -> tuple[sql.Composable, dict[str, Any]]:
+    """The events of `scope` older than `before`: finished then (done, dead), or written
+    then (pending, failed, which have no finish time)."""
+    where, params = _where(replace(scope, due_only=False, ordered_channels=()))
+    if before is None:
+        return where, params
+    ages: list[sql.Composable] = []
+    finished = [s for s in scope.states if s not in RUNNABLE]
+    unfinished = [s for s in scope.states if s in RUNNABLE]
+    if finished:  # served by the partial index on finished_at
+        ages.append(sql.SQL("e.finished_at < %(before)s"))
+    if unfinished:
+        ages.append(sql.SQL("e.created_at < %(before)s"))
+    if finished and unfinished:
+        ages = [
+            sql.SQL(
+                "({} AND e.finished_at < %(before)s OR {} AND e.created_at < %(before)s)"
+            ).format(_in("e.state", finished), _in("e.state", unfinished))
+        ]
+    return sql.SQL(" AND ").join([where, *ages]), {**params, "before": before}
+
+
 def purge_batch(
-    states: Sequence[str], finished_before: datetime, limit: int
+    scope: Scope, before: datetime | None, limit: int
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """Delete up to `limit` finished events; short transactions, no table lock."""
+    """Delete up to `limit` events of `scope` older than `before`; short transactions, no
+    table lock, and never an event a worker holds (SKIP LOCKED)."""
+    where, params = _purgeable(scope, before)
+    finished_only = not set(scope.states) & set(RUNNABLE)
+    order = sql.SQL("e.finished_at" if finished_only and before is not None else "e.id")
     query = sql.SQL(
-        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} AS e WHERE {states} "
-        "AND e.finished_at < %(before)s ORDER BY e.finished_at LIMIT %(limit)s "
-        "FOR UPDATE SKIP LOCKED)"
-    ).format(table=TABLE, states=_in("e.state", states))
-    return query, {"before": finished_before, "limit": limit}
+        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} AS e WHERE {where} "
+        "ORDER BY {order} LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    ).format(table=TABLE, where=where, order=order)
+    return query, {**params, "limit": limit}
+
+
+def count_purgeable(scope: Scope, before: datetime | None) -> tuple[sql.Composed, dict[str, Any]]:
+    """What `purge_batch` would delete, per (channel, state): a purge's dry run."""
+    where, params = _purgeable(scope, before)
+    query = sql.SQL(
+        "SELECT e.channel, e.state, count(*) FROM {table} AS e WHERE {where} "
+        "GROUP BY e.channel, e.state ORDER BY e.channel, e.state"
+    ).format(table=TABLE, where=where)
+    return query, params
+
+
+def stored_channels(names: Sequence[str]) -> tuple[sql.Composed, dict[str, Any]]:
+    """Which of `names` have events in the table (a removed channel's stay behind)."""
+    query = sql.SQL(
+        "SELECT n FROM unnest(%(names)s::text[]) AS n "
+        "WHERE EXISTS (SELECT 1 FROM {table} AS e WHERE {match})"
+    ).format(table=TABLE, match=_channel_in("e.channel", sql.SQL("ARRAY[n]")))
+    return query, {"names": list(names)}
+
+
+# Every channel name in the table: for the error that lists the names that exist.
+ALL_STORED_CHANNELS = sql.SQL("SELECT DISTINCT channel FROM {table} ORDER BY channel").format(
+    table=TABLE
+)
 
 
 BACKLOG = sql.SQL(

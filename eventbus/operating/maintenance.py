@@ -33,23 +33,31 @@ def requeue(scope: sql.Scope, alias: str = "default") -> list[tuple[int, str]]:
 
 
 def purge(
-    states: tuple[str, ...],
-    finished_before: datetime,
+    scope: sql.Scope,
+    before: datetime | None,
     batch_size: int = 1000,
     max_batches: int | None = None,
     alias: str = "default",
     lock: int | None = None,
+    unfinished: bool = False,
 ) -> int:
-    """Delete finished events in batches of `batch_size`, each in its own short transaction.
+    """Delete the events of `scope` older than `before` in batches of `batch_size`, each
+    in its own short transaction; an event a worker holds right now is skipped. Without
+    `max_batches`, events written after the purge began are left alone.
 
-    Only done and dead events can be purged: pending and failed ones are work not yet done.
+    Done and dead events are history. Pending and failed ones are work not yet done, so
+    they are deleted only with `unfinished` (an operator cleaning up a removed channel).
     With `lock`, each batch first takes that transaction-level advisory lock and the purge
     stops when another session holds it (transaction-level, so it also works through a
     transaction-pooling PgBouncer, where a session lock could stay on a pooled connection).
     """
-    refused = set(states) - set(PURGEABLE)
-    if refused:
+    refused = set(scope.states) - set(PURGEABLE)
+    if refused and not unfinished:
         raise ValueError(f"only {', '.join(PURGEABLE)} events can be purged, not {sorted(refused)}")
+    if max_batches is None and scope.upto_id is None:  # ends even while writers keep writing
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql.max_id())
+            scope = replace(scope, upto_id=cursor.fetchone()[0])
     total, batches = 0, 0
     while max_batches is None or batches < max_batches:
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
@@ -57,13 +65,22 @@ def purge(
                 cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock])
                 if not cursor.fetchone()[0]:
                     break
-            cursor.execute(*sql.purge_batch(states, finished_before, batch_size))
+            cursor.execute(*sql.purge_batch(scope, before, batch_size))
             deleted = cursor.rowcount
         total += deleted
         batches += 1
         if deleted < batch_size:
             break
     return total
+
+
+def purgeable(
+    scope: sql.Scope, before: datetime | None, alias: str = "default"
+) -> dict[tuple[str, str], int]:
+    """What `purge` would delete now, per (channel, state). Touches nothing."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(*sql.count_purgeable(scope, before))
+        return {(channel, state): count for channel, state, count in cursor.fetchall()}
 
 
 PURGE_LOCK = 0x65766275  # one purger at a time across all listeners ("evbu")
@@ -76,7 +93,8 @@ def purge_expired(retention_seconds: float, alias: str = "default", max_batches:
     per round, so a large backlog of history is worked off over several rounds.
     """
     before = timezone.now() - timedelta(seconds=retention_seconds)
-    return purge((DONE,), before, max_batches=max_batches, alias=alias, lock=PURGE_LOCK)
+    scope = sql.Scope(states=(DONE,), due_only=False)
+    return purge(scope, before, max_batches=max_batches, alias=alias, lock=PURGE_LOCK)
 
 
 def discard(ids: list[int], reason: str, alias: str = "default") -> list[int]:

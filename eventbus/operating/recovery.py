@@ -56,16 +56,35 @@ def scope_for(
     *,
     dead: bool = False,
     ids: tuple[int, ...] | None = None,
+    keys: tuple[str, ...] | None = None,
 ) -> sql.Scope:
     """Pending and failed events (failed ones without waiting for their retry), or dead ones."""
     return sql.Scope(
         states=(DEAD,) if dead else REPLAYABLE,
         channels=wiring.handled_channels(channels),  # others stay for a listener that can
         ids=ids,
+        keys=keys,
         since=since,
         due_only=False,
         ordered_channels=tuple(registry.ordered_channel_names()),
     )
+
+
+def without_handler(
+    scope: sql.Scope, requested: tuple[str, ...] | None, alias: str = "default"
+) -> dict[str, int]:
+    """Events a replay of `scope` leaves alone, per channel: `requested` (default: every
+    channel in the table) but without a handler in this process, so nothing here can run
+    them. A removed channel's events, or a newer release's, are counted here."""
+    wide = replace(scope, channels=requested, ordered_channels=())
+    with connections[alias].cursor() as cursor:
+        cursor.execute(*sql.count_by_channel_and_state(wide))
+        rows = cursor.fetchall()
+    left: Counter[str] = Counter()
+    for channel, _state, count in rows:
+        if not registry.has_handler(channel):
+            left[channel] += count
+    return dict(sorted(left.items()))
 
 
 def plan(scope: sql.Scope, alias: str = "default") -> dict[tuple[str, str], int]:

@@ -70,3 +70,10 @@ def backlog_direct(alias: str = "default") -> dict[str, tuple[int, float]]:
 
 def _backlog_rows(rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, float]]:
     return {channel: (int(n), float(age or 0)) for channel, n, age in rows}
+
+
+def newest_ids(scope: sql.Scope, limit: int, alias: str = "default") -> list[int]:
+    """Ids of the newest `limit` events of `scope`, whatever their channel's handlers."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(*sql.newest_ids(scope, limit))
+        return [row[0] for row in cursor.fetchall()]

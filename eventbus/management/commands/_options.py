@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 from django.core.management.base import CommandError
+from django.db import connections
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from eventbus import sql
 from eventbus.declaring import registry
+
+# A channel, or one subscription's queue of it (`comment_created:email_author`).
+STORED_NAME = re.compile(r"[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)?")
 
 
 def channels(names: list[str] | None) -> tuple[str, ...] | None:
@@ -27,6 +33,35 @@ def channels(names: list[str] | None) -> tuple[str, ...] | None:
             f"unknown channel(s): {', '.join(unknown)}. Declared: {', '.join(sorted(known))}"
         )
     return registry.expand(names)
+
+
+def stored_channels(names: list[str] | None, alias: str) -> tuple[str, ...] | None:
+    """Channel names that are declared or have events in the table; None means all.
+
+    Operators name the channels of the rows they see: a channel removed from the code
+    keeps its events (dead ones, or pending ones nobody will handle) until they are
+    retried or purged, so such a name is as good as a declared one.
+    """
+    if not names:
+        return None
+    malformed = sorted(n for n in set(names) if not STORED_NAME.fullmatch(n))
+    if malformed:
+        raise CommandError(
+            f"not a channel name: {', '.join(malformed)} (expected {STORED_NAME.pattern})"
+        )
+    undeclared = sorted(set(names) - set(registry.channel_names()))
+    if undeclared:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(*sql.stored_channels(undeclared))
+            unknown = sorted(set(undeclared) - {row[0] for row in cursor.fetchall()})
+            if unknown:
+                cursor.execute(sql.ALL_STORED_CHANNELS)
+                existing = set(registry.channel_names()) | {row[0] for row in cursor}
+                raise CommandError(
+                    f"unknown channel(s): {', '.join(unknown)}: neither declared nor in the "
+                    f"event table. Channels: {', '.join(sorted(existing)) or '(none)'}"
+                )
+    return tuple(dict.fromkeys(names))
 
 
 def timestamp(value: str | None) -> datetime | None:

@@ -1,4 +1,4 @@
-"""./manage.py events: list and filter events; re-queue failed or dead ones; purge history."""
+"""./manage.py events: list and filter events; re-queue failed or dead ones; purge them."""
 
 from __future__ import annotations
 
@@ -10,59 +10,92 @@ from django.utils import timezone
 
 from eventbus import conf
 from eventbus.declaring import wiring
-from eventbus.event import RUNNABLE, STATES
+from eventbus.event import DONE, RUNNABLE, STATES
 from eventbus.management.commands import _options
 from eventbus.models import EventRecord
 from eventbus.operating import maintenance, status
 from eventbus.sql import Scope
 
 COLUMNS = (
-    ("id", 8),
-    ("channel", 24),
-    ("key", 8),
-    ("state", 8),
-    ("attempts", 8),
-    ("created_at", 19),
-    ("finished_at", 19),
-    ("worker", 16),
-    ("last_error", 40),
+    "id",
+    "channel",
+    "key",
+    "state",
+    "attempts",
+    "created_at",
+    "finished_at",
+    "worker",
+    "last_error",
 )
 
 
-def _filters(parser: CommandParser) -> None:
+def _filters(parser: CommandParser, states: tuple[str, ...] = STATES) -> None:
     parser.add_argument(
-        "--state", action="append", metavar="STATE", help=f"one of {', '.join(STATES)} (repeatable)"
+        "--state", action="append", metavar="STATE", help=f"one of {', '.join(states)} (repeatable)"
     )
-    parser.add_argument("--channel", action="append", metavar="NAME", help="(repeatable)")
-    parser.add_argument("--since", metavar="TIMESTAMP", help="written at or after")
+    parser.add_argument(
+        "--channel",
+        action="append",
+        metavar="NAME",
+        help="a declared channel, or one that only the event table still names (repeatable)",
+    )
+    parser.add_argument(
+        "--key", action="append", metavar="KEY", help="only events of this key (repeatable)"
+    )
+
+
+def _since(parser: CommandParser) -> None:
+    parser.add_argument("--since", metavar="TIMESTAMP", help="written at or after this ISO date")
+
+
+def _cell(name: str, value: Any) -> str:
+    """A table cell in full: keys are not cut, and an error shows its whole first line."""
+    text = "" if value is None else str(value)
+    if name.endswith("_at") and value:
+        return text[:19].replace("T", " ")
+    if name == "last_error":
+        return text.splitlines()[0] if text.strip() else ""
+    return text
 
 
 class Command(BaseCommand):
     help = (
         "List events (a table, or --json); `events retry` re-queues failed or dead "
-        "events; `events purge` deletes done or dead history in batches."
+        "events; `events purge` deletes events in batches (done or dead history; pending "
+        "or failed ones only with --yes)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        _filters(parser)
-        parser.add_argument("--id", type=int, action="append", dest="ids", metavar="ID")
+        _filters(parser, (*STATES, status.RUNNING))
+        _since(parser)
+        parser.add_argument(
+            "--id", type=int, action="append", dest="ids", metavar="ID", help="(repeatable)"
+        )
         parser.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
         parser.add_argument("--json", action="store_true", help="JSON lines, one per event")
         actions = parser.add_subparsers(dest="action", required=False)
         retry = actions.add_parser("retry", help="re-queue failed or dead events")
-        retry.add_argument("ids", nargs="*", type=int, metavar="ID")
-        _filters(retry)
-        purge = actions.add_parser("purge", help="delete done or dead events in batches")
+        retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="event ids")
+        _filters(retry, maintenance.REQUEUABLE)
+        _since(retry)
+        purge = actions.add_parser(
+            "purge", help="delete events in batches: done or dead history, or a channel's"
+        )
         purge.add_argument(
             "--older-than",
-            required=True,
             metavar="AGE",
-            help="finished longer ago than this: 30d, 12h, 90m",
+            help="finished (done, dead) or written (pending, failed) longer ago: 30d, 12h, 90m",
+        )
+        _filters(purge)
+        purge.add_argument(
+            "--batch-size", type=int, default=1000, help="events per transaction (default 1000)"
         )
         purge.add_argument(
-            "--state", action="append", metavar="STATE", help="done or dead (default: done)"
+            "--dry-run", action="store_true", help="count what would be purged; change nothing"
         )
-        purge.add_argument("--batch-size", type=int, default=1000)
+        purge.add_argument(
+            "--yes", action="store_true", help="really delete pending or failed events"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options.get("action")
@@ -74,41 +107,44 @@ class Command(BaseCommand):
             self.list(options)
 
     def list(self, options: dict[str, Any]) -> None:
-        records = EventRecord.objects.using(conf.get().DATABASE_ALIAS).order_by("-id")
+        alias = conf.get().DATABASE_ALIAS
         wanted = _options.states(options["state"], (*STATES, status.RUNNING))
-        if wanted:  # running is derived: look among the runnable, then keep what matches
-            stored = set(wanted) - {status.RUNNING}
-            stored |= set(RUNNABLE) if status.RUNNING in wanted else set()
-            records = records.filter(state__in=stored)
-        if channels := _options.channels(options["channel"]):
-            records = records.filter(channel__in=channels)
-        if since := _options.timestamp(options["since"]):
-            records = records.filter(created_at__gte=since)
-        if options["ids"]:
-            records = records.filter(id__in=options["ids"])
-        rows = status.describe(list(records[: options["limit"]]))
+        stored = set(wanted or STATES) - {status.RUNNING}
+        if wanted and status.RUNNING in wanted:  # derived: look among the runnable
+            stored |= set(RUNNABLE)
+        channels = _options.stored_channels(options["channel"], alias)
+        scope = Scope(
+            states=tuple(s for s in STATES if s in stored),
+            channels=channels,
+            keys=tuple(options["key"]) if options["key"] else None,
+            ids=tuple(options["ids"]) if options["ids"] else None,
+            since=_options.timestamp(options["since"]),
+            due_only=False,
+        )
+        ids = status.newest_ids(scope, options["limit"], alias)
+        records = EventRecord.objects.using(alias).filter(id__in=ids).order_by("-id")
+        rows = status.describe(list(records), alias)
         if wanted:
             rows = [row for row in rows if row["state"] in wanted]
         if options["json"]:
             for row in rows:
                 self.stdout.write(json.dumps(row))
-            self.report_unhandled(channels)
-            return
-        self.stdout.write("  ".join(name.ljust(width) for name, width in COLUMNS).rstrip())
-        for row in rows:
-            cells = []
-            for name, width in COLUMNS:
-                value = row[name]
-                text = "" if value is None else str(value)
-                if name.endswith("_at") and value:
-                    text = text[:19].replace("T", " ")
-                if name == "last_error":
-                    text = text.splitlines()[0] if text else ""
-                cells.append(text[:width].ljust(width))
-            self.stdout.write("  ".join(cells).rstrip())
+        else:
+            self.table(rows)
+        self.report_unhandled(channels)
+
+    def table(self, rows: list[dict[str, Any]]) -> None:
+        """Columns as wide as their widest value, so nothing is cut: UUID keys fit whole."""
+        cells = [[_cell(name, row[name]) for name in COLUMNS] for row in rows]
+        widths = [
+            max(len(line[i]) for line in [list(COLUMNS), *cells]) for i in range(len(COLUMNS))
+        ]
+        for line in [list(COLUMNS), *cells]:
+            self.stdout.write(
+                "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            )
         if not rows:
             self.stdout.write("(no events)")
-        self.report_unhandled(channels)
 
     def report_unhandled(self, channels: tuple[str, ...] | None) -> None:
         """Name waiting events that no live listener handles; stderr keeps --json clean."""
@@ -117,18 +153,21 @@ class Command(BaseCommand):
                 self.stderr.write(str(gap))
 
     def retry(self, options: dict[str, Any]) -> None:
+        alias = conf.get().DATABASE_ALIAS
         ids = tuple(options["ids"]) or None
         wanted = _options.states(options["state"], maintenance.REQUEUABLE)
-        channels = _options.channels(options["channel"])
-        if ids is None and wanted is None and channels is None:
-            raise CommandError("say which events: IDs, --state or --channel")
+        channels = _options.stored_channels(options["channel"], alias)
+        keys = tuple(options["key"]) if options["key"] else None
+        if ids is None and wanted is None and channels is None and keys is None:
+            raise CommandError("say which events: IDs, --state, --channel or --key")
         scope = Scope(
             states=wanted or maintenance.REQUEUABLE,
             channels=channels,
+            keys=keys,
             ids=ids,
             since=_options.timestamp(options["since"]),
         )
-        rows = maintenance.requeue(scope, conf.get().DATABASE_ALIAS)
+        rows = maintenance.requeue(scope, alias)
         listed = f": {', '.join(str(i) for i, _ in rows)}" if 0 < len(rows) <= 20 else ""
         self.stdout.write(f"re-queued {len(rows)} event(s){listed}")
         if ids:
@@ -139,14 +178,63 @@ class Command(BaseCommand):
                 )
 
     def purge(self, options: dict[str, Any]) -> None:
-        age = _options.duration(options["older_than"])
-        wanted = _options.states(options["state"], maintenance.PURGEABLE) or ("done",)
+        alias = conf.get().DATABASE_ALIAS
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
+        age = options["older_than"]
+        before = timezone.now() - _options.duration(age) if age else None
+        states = _options.states(options["state"], STATES) or (DONE,)
+        channels = _options.stored_channels(options["channel"], alias)
+        keys = tuple(options["key"]) if options["key"] else None
+        if before is None and channels is None and keys is None:
+            raise CommandError("say which events: --older-than, --channel or --key")
+        scope = Scope(states=states, channels=channels, keys=keys, due_only=False)
+        unfinished = [s for s in states if s in RUNNABLE]
+        what = _purge_description(states, channels, keys, age)
+        if options["dry_run"] or (unfinished and not options["yes"]):
+            counts = maintenance.purgeable(scope, before, alias)
+            total = sum(counts.values())
+            if options["dry_run"] or total:
+                self._counts("would purge", counts)
+            if options["dry_run"]:
+                self.stdout.write(f"total: {total} (dry run: nothing changed)")
+                return
+            if total:
+                raise CommandError(
+                    f"{'/'.join(unfinished)} events are work not yet done: add --yes to "
+                    f"delete these {total} event(s), or --dry-run to count only"
+                )
         deleted = maintenance.purge(
-            wanted, timezone.now() - age, options["batch_size"], alias=conf.get().DATABASE_ALIAS
+            scope, before, options["batch_size"], alias=alias, unfinished=True
         )
-        self.stdout.write(
-            f"purged {deleted} {'/'.join(wanted)} event(s) finished more than "
-            f"{options['older_than']} ago"
-        )
+        self.stdout.write(f"purged {deleted} {what}")
+        if unfinished and (held := sum(maintenance.purgeable(scope, before, alias).values())):
+            self.stderr.write(
+                f"left {held} event(s): a listener is handling them right now, or they "
+                "were written during the purge; run it again to delete what is left"
+            )
+
+    def _counts(self, title: str, counts: dict[tuple[str, str], int]) -> None:
+        self.stdout.write(f"{title}:")
+        if not counts:
+            self.stdout.write("  (nothing)")
+        for (channel, state), count in sorted(counts.items()):
+            self.stdout.write(f"  {channel:<28} {state:<8} {count:>8}")
+
+
+def _purge_description(
+    states: tuple[str, ...],
+    channels: tuple[str, ...] | None,
+    keys: tuple[str, ...] | None,
+    age: str | None,
+) -> str:
+    """`done/dead event(s) of channel X with key K finished more than 30d ago`."""
+    text = f"{'/'.join(states)} event(s)"
+    if channels:
+        text += f" of channel {', '.join(channels)}"
+    if keys:
+        text += f" with key {', '.join(keys)}"
+    if age:
+        finished = not set(states) & set(RUNNABLE)
+        text += f" finished more than {age} ago" if finished else f" older than {age}"
+    return text

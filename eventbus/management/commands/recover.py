@@ -10,6 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from eventbus import conf
+from eventbus.declaring import wiring
 from eventbus.management.commands import _options
 from eventbus.operating import recovery
 from eventbus.operating.progress import Progress
@@ -22,12 +23,20 @@ class Command(BaseCommand):
         "Replay pending and failed events (dead ones with --dead) through the normal claim "
         "path, coming back for events of ordered channels held back behind an older one of "
         "their key. Exits 1 if any event in scope is failed, dead or still pending at the end "
-        "(events a running listener holds are reported, not counted)."
+        "(events a running listener holds are reported, not counted), or if a channel named "
+        "with --channel has events but no handler in this process."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--channel", action="append", metavar="NAME", help="only this channel (repeatable)"
+            "--channel",
+            action="append",
+            metavar="NAME",
+            help="only this channel (repeatable); a channel without a handler here is "
+            "reported, not replayed",
+        )
+        parser.add_argument(
+            "--key", action="append", metavar="KEY", help="only events of this key (repeatable)"
         )
         parser.add_argument(
             "--id",
@@ -50,22 +59,33 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="count what would be replayed; change nothing"
         )
-        parser.add_argument("--batch-size", type=int, default=conf.get().BATCH_SIZE)
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=conf.get().BATCH_SIZE,
+            metavar="N",
+            help="events claimed and handled per transaction "
+            f"(default {conf.get().BATCH_SIZE}; EVENTBUS_BATCH_SIZE)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
         alias = conf.get().DATABASE_ALIAS
+        requested = _options.stored_channels(options["channel"], alias)
         scope = recovery.scope_for(
-            _options.channels(options["channel"]),
+            requested,
             _options.timestamp(options["since"]),
             dead=options["dead"],
             ids=tuple(options["ids"]) if options["ids"] else None,
+            keys=tuple(options["key"]) if options["key"] else None,
         )
+        left_alone = recovery.without_handler(scope, requested, alias)
         if options["dry_run"]:
             counts = recovery.plan(scope, alias)
             self._table("would replay", counts)
             self.stdout.write(f"total: {sum(counts.values())} (dry run: nothing changed)")
+            self._report_left_alone(left_alone, options["dead"])
             return
         total = sum(recovery.plan(scope, alias).values())
         progress = Progress(total, sys.stderr) if total >= PROGRESS_FROM else None
@@ -87,8 +107,20 @@ class Command(BaseCommand):
             progress.finish()
         self._table("replayed", dict(summary.outcomes))
         self._report(summary)
-        if summary.unhandled:
+        self._report_left_alone(left_alone, options["dead"])
+        if summary.unhandled or (requested and left_alone):
             raise SystemExit(1)
+
+    def _report_left_alone(self, left_alone: dict[str, int], dead: bool) -> None:
+        """Say which events nothing here can run, and what to do with them."""
+        states = "--state dead" if dead else "--state pending --state failed --yes"
+        for channel, count in left_alone.items():
+            self.stderr.write(
+                f"channel {channel}: {count} event(s) not replayed: no handler for it in "
+                f"this process. Run recover where its handler is registered "
+                f"({wiring.SETTING}), or, if the channel was removed, delete them: "
+                f"./manage.py events purge --channel {channel} {states}"
+            )
 
     def _report(self, summary: recovery.Summary) -> None:
         """One line of totals, then why events are left, so a non-zero exit explains itself."""
