@@ -398,10 +398,12 @@ def count_purgeable(scope: Scope, before: datetime | None) -> tuple[sql.Composed
 
 
 def stored_channels(names: Sequence[str]) -> tuple[sql.Composed, dict[str, Any]]:
-    """Which of `names` have events in the table (a removed channel's stay behind)."""
+    """The stored queues of `names` (a removed channel's events stay behind): rows
+    (name, queue), where a name matches its own queue and those of its subscriptions."""
     query = sql.SQL(
-        "SELECT n FROM unnest(%(names)s::text[]) AS n "
-        "WHERE EXISTS (SELECT 1 FROM {table} AS e WHERE {match})"
+        "SELECT n, q.channel FROM unnest(%(names)s::text[]) AS n CROSS JOIN LATERAL "
+        "(SELECT DISTINCT e.channel FROM {table} AS e WHERE {match} "
+        "OR e.channel LIKE n || ':%%') AS q ORDER BY 1, 2"
     ).format(table=TABLE, match=_channel_in("e.channel", sql.SQL("ARRAY[n]")))
     return query, {"names": list(names)}
 

@@ -37,12 +37,13 @@ def test_events_lists_and_retries_a_channel_that_only_the_table_names() -> None:
     dead = put("dead", attempts=5, last_error="OrderGone")
     queue = put("failed", channel=f"{REMOVED}:notify_warehouse")  # one subscription's queue
     put("dead", channel="comment_created")
-    assert [e["id"] for e in listed("--channel", REMOVED)] == [dead.pk]
+    # a channel's name stands for its own queue and those of its subscriptions
+    assert [e["id"] for e in listed("--channel", REMOVED)] == [queue.pk, dead.pk]
     assert [e["id"] for e in listed("--channel", f"{REMOVED}:notify_warehouse")] == [queue.pk]
 
     retried = manage("events", "retry", "--channel", REMOVED)
     assert retried.returncode == 0, retried.stderr
-    assert f"re-queued 1 event(s): {dead.pk}" in retried.stdout, "no handler needed"
+    assert f"re-queued 2 event(s): {dead.pk}, {queue.pk}" in retried.stdout, "no handler needed"
     assert EventRecord.objects.get(pk=dead.pk).state == "pending"
     assert EventRecord.objects.filter(channel="comment_created", state="dead").count() == 1
 
@@ -185,3 +186,17 @@ def test_every_option_of_the_operator_commands_says_what_it_does(name: str) -> N
             if not isinstance(a, _SubParsersAction) and not a.help
         ]
         assert not bare, f"{parser.prog}: options without help: {bare}"
+
+
+def test_a_removed_channel_with_subscriptions_is_named_by_its_channel_name() -> None:
+    for queue in ("gone_fanned:email", "gone_fanned:index"):
+        EventRecord.objects.create(
+            channel=queue, operation="INSERT", table_name="t", key="1", state="dead"
+        )
+    from eventbus.management.commands import _options
+
+    assert _options.stored_channels(["gone_fanned"], "default") == (
+        "gone_fanned:email",
+        "gone_fanned:index",
+    )
+    assert _options.stored_channels(["gone_fanned:index"], "default") == ("gone_fanned:index",)

@@ -38,9 +38,9 @@ def channels(names: list[str] | None) -> tuple[str, ...] | None:
 def stored_channels(names: list[str] | None, alias: str) -> tuple[str, ...] | None:
     """Channel names that are declared or have events in the table; None means all.
 
-    Operators name the channels of the rows they see: a channel removed from the code
-    keeps its events (dead ones, or pending ones nobody will handle) until they are
-    retried or purged, so such a name is as good as a declared one.
+    Returns queue names. Operators name the channels of the rows they see: a channel
+    removed from the code keeps its events (dead ones, or pending ones nobody will
+    handle) until they are retried or purged, so such a name is as good as a declared one.
     """
     if not names:
         return None
@@ -49,11 +49,14 @@ def stored_channels(names: list[str] | None, alias: str) -> tuple[str, ...] | No
         raise CommandError(
             f"not a channel name: {', '.join(malformed)} (expected {STORED_NAME.pattern})"
         )
-    undeclared = sorted(set(names) - set(registry.channel_names()))
-    if undeclared:
+    stored: dict[str, list[str]] = {}
+    undeclared = sorted(name for name in set(names) if not registry.is_declared(name))
+    if undeclared:  # one scan of the table, for names of removed channels only
         with connections[alias].cursor() as cursor:
             cursor.execute(*sql.stored_channels(undeclared))
-            unknown = sorted(set(undeclared) - {row[0] for row in cursor.fetchall()})
+            for name, queue in cursor.fetchall():
+                stored.setdefault(name, []).append(queue)
+            unknown = sorted(set(undeclared) - set(stored))
             if unknown:
                 cursor.execute(sql.ALL_STORED_CHANNELS)
                 existing = set(registry.channel_names()) | {row[0] for row in cursor}
@@ -61,7 +64,12 @@ def stored_channels(names: list[str] | None, alias: str) -> tuple[str, ...] | No
                     f"unknown channel(s): {', '.join(unknown)}: neither declared nor in the "
                     f"event table. Channels: {', '.join(sorted(existing)) or '(none)'}"
                 )
-    return tuple(dict.fromkeys(names))
+    # A channel stands for all its queues: its subscriptions (declared, or stored for a
+    # removed channel), and its own name (events written before it had subscriptions).
+    queues: list[str] = []
+    for name in names:
+        queues += stored.get(name) or [*registry.expand([name]), name]
+    return tuple(dict.fromkeys(queues))
 
 
 def timestamp(value: str | None) -> datetime | None:
