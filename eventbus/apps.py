@@ -11,7 +11,9 @@ class EventbusConfig(AppConfig):
     def ready(self) -> None:
         """Import the listener modules so their handlers are registered in every process."""
         from eventbus import conf
-        from eventbus.declaring import wiring  # noqa: F401 (they register checks
+        from eventbus.declaring import autodetector, installed, wiring  # noqa: F401 (checks)
+
+        autodetector.install()
 
         for module in conf.get().LISTENER_MODULES:
             import_module(module)

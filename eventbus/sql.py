@@ -450,3 +450,14 @@ def unhandled_backlog(live_within: float) -> tuple[sql.Composed, dict[str, Any]]
         "(SELECT 1 FROM covered AS c WHERE c.channel IN (b.channel, '*')) ORDER BY b.channel"
     ).format(workers=WORKERS, table=TABLE, runnable=_in("e.state", RUNNABLE))
     return query, {"live": live_within}
+
+
+# --- Installed triggers (eventbus.declaring.installed) -------------------------------------------
+
+# Channel trigger functions that no trigger uses: left by a removal that dropped only the
+# trigger (pgtrigger's prune, a migration written before eventbus dropped them too).
+ORPHAN_TRIGGER_FUNCTIONS = (
+    "SELECT p.proname FROM pg_proc AS p "
+    "WHERE p.proname LIKE 'pgtrigger\\_eb\\_%%' AND pg_function_is_visible(p.oid) "
+    "AND NOT EXISTS (SELECT FROM pg_trigger AS t WHERE t.tgfoid = p.oid) ORDER BY 1"
+)
