@@ -11,9 +11,10 @@ import os
 
 from config.settings import *  # noqa: F403
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.catalog"]  # noqa: F405
+# A project of its own: none of the reference site's apps, URLs or listeners.
+INSTALLED_APPS = [*(a for a in INSTALLED_APPS if a != "blog"), "tests.catalog"]  # noqa: F405
+ROOT_URLCONF = "tests.catalog.urls"
 MIGRATION_MODULES = {
-    **MIGRATION_MODULES,  # noqa: F405
     "catalog": os.environ.get("CATALOG_MIGRATIONS", "tests.catalog.migrations"),
 }
-EVENTBUS = {"LISTENER_MODULES": ["listeners", "tests.catalog.handlers"]}
+EVENTBUS = {"LISTENER_MODULES": ["tests.catalog.handlers"]}
