@@ -52,14 +52,16 @@ class Project:
         with psycopg.connect(_server_url("postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
-    def manage(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    def manage(
+        self, *args: str, timeout: float = 120, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=ROOT,
             env={**self.env, **env},
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
         )
 
     def ok(self, *args: str, **env: str) -> str:
@@ -166,7 +168,7 @@ def test_check_and_listen_refuse_a_missing_trigger_with_its_remedy(migrated: Pro
     remedy = "`manage.py pgtrigger install catalog.ProductLabelEvents:eb_product_tagged_ins`"
     assert remedy in check.stderr
 
-    listen = migrated.manage("listen", "--processes", "1")
+    listen = migrated.manage("listen", "--processes", "1", timeout=30)
     assert listen.returncode != 0
     assert "product_tagged" in listen.stderr and remedy in listen.stderr
     assert "started (channels" not in listen.stdout + listen.stderr

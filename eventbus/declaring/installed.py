@@ -143,7 +143,10 @@ def _remedy(migrations: _Migrations, model: type[models.Model], trigger: Any, ur
     compiled = trigger.compile(model)
     install_now = f"`manage.py pgtrigger install {uri}` installs it now."
     if migrations.declares(migrations.applied, model, compiled):
-        return f"The migrations that install it have run, yet it differs: {install_now}"
+        return (
+            "Its migration has run, yet the database differs (changed by hand?): "
+            f"`manage.py pgtrigger install {uri}` reinstalls it."
+        )
     if migrations.declares(migrations.written, model, compiled):
         return "Run `manage.py migrate`: a migration not yet applied installs it."
     if model._meta.auto_created or (model._meta.app_label, model._meta.model_name) not in (
@@ -175,9 +178,11 @@ def _left_over(alias: str, migrations: _Migrations) -> Iterable[Difference]:
 
 
 def _orphan_functions(alias: str) -> Iterable[Difference]:
+    """Functions no trigger uses, except those of declared triggers (reported as missing)."""
+    declared = {trigger.get_pgid(model) for model, trigger in channel_triggers()}
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.ORPHAN_TRIGGER_FUNCTIONS)
-        names = [row[0] for row in cursor.fetchall()]
+        names = [row[0] for row in cursor.fetchall() if row[0] not in declared]
     for name in names:
         yield Difference(
             "eventbus.W021",
