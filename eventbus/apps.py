@@ -12,10 +12,11 @@ class EventbusConfig(AppConfig):
         """Log out of the box, and import the listener modules so their handlers are
         registered in every process."""
         from eventbus import conf
-        from eventbus.declaring import wiring  # noqa: F401 (they register checks
+        from eventbus.declaring import autodetector, installed, wiring  # noqa: F401 (checks)
         from eventbus.operating import logs
 
         logs.install_default(conf.get().LOG_LEVEL)
+        autodetector.install()
 
         for module in conf.get().LISTENER_MODULES:
             import_module(module)

@@ -558,3 +558,14 @@ BACKFILL = sql.SQL(
     "WHERE channel = %(queue)s), 'infinity') ORDER BY s.id RETURNING id) "
     "SELECT count(*), min(id), max(id) FROM copied"
 ).format(table=TABLE)
+
+
+# --- Installed triggers (eventbus.declaring.installed) -------------------------------------------
+
+# Channel trigger functions that no trigger uses: left by a removal that dropped only the
+# trigger (pgtrigger's prune, a migration written before eventbus dropped them too).
+ORPHAN_TRIGGER_FUNCTIONS = (
+    "SELECT p.proname FROM pg_proc AS p "
+    "WHERE p.proname LIKE 'pgtrigger\\_eb\\_%%' AND pg_function_is_visible(p.oid) "
+    "AND NOT EXISTS (SELECT FROM pg_trigger AS t WHERE t.tgfoid = p.oid) ORDER BY 1"
+)

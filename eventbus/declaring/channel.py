@@ -24,6 +24,7 @@ from django.db import models
 
 from eventbus.declaring import registry
 from eventbus.declaring.retry import RetryPolicy
+from eventbus.declaring.triggers import CompiledChannelTrigger
 
 if TYPE_CHECKING:
     from eventbus.event import Event
@@ -284,6 +285,10 @@ class ChannelTrigger(pgtrigger.Trigger):
 
     def get_func(self, model: type[models.Model]) -> str:
         return render_trigger_body(self.channel, self.event_operation, model)
+
+    def compile(self, model: type[models.Model]) -> CompiledChannelTrigger:
+        """pgtrigger's compiled trigger, whose removal also drops the trigger's function."""
+        return CompiledChannelTrigger.of(super().compile(model))
 
 
 class ChannelDeclarationError(ImproperlyConfigured):

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, connections
 
 from eventbus import conf, sql
-from eventbus.declaring import wiring
+from eventbus.declaring import installed, wiring
 from eventbus.management.commands import _options
 from eventbus.models import EventRecord, InflightRecord, WorkerRecord
 from eventbus.operating import databases, logs, metrics, status
 from eventbus.running.supervisor import Supervisor
 from eventbus.running.worker import WorkerOptions
+
+logger = logging.getLogger("eventbus.listen")
 
 
 class Command(BaseCommand):
@@ -75,6 +78,7 @@ class Command(BaseCommand):
         )
         logs.configure(options["log_format"])
         _require_migrated(settings.DATABASE_ALIAS)
+        _require_triggers(settings.DATABASE_ALIAS)
         supervisor = Supervisor(
             options["processes"],
             worker_options,
@@ -94,6 +98,19 @@ class Command(BaseCommand):
         code = supervisor.run()
         if code:
             raise SystemExit(code)
+
+
+def _require_triggers(alias: str) -> None:
+    """Refuse to start while a declared channel's trigger is missing, outdated or disabled:
+    its writes would make no events, and a running listener would hide that."""
+    try:
+        warnings = installed.require_installed(alias)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        connections[alias].close()  # not inherited by the forked workers
+    for warning in warnings:
+        logger.warning("%s", warning)
 
 
 def _require_migrated(alias: str) -> None:

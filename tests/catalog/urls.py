@@ -1,0 +1,3 @@
+"""The catalog project serves no pages."""
+
+urlpatterns: list[object] = []
