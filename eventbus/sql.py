@@ -450,3 +450,23 @@ def unhandled_backlog(live_within: float) -> tuple[sql.Composed, dict[str, Any]]
         "(SELECT 1 FROM covered AS c WHERE c.channel IN (b.channel, '*')) ORDER BY b.channel"
     ).format(workers=WORKERS, table=TABLE, runnable=_in("e.state", RUNNABLE))
     return query, {"live": live_within}
+
+
+# Django 4.2 has no db_default: the eventbus migrations set the event tables' database
+# defaults with these (eventbus.compat.set_database_defaults). Rendered to text for RunSQL.
+def set_column_default(table: str, column: str, expression: str) -> str:
+    """``ALTER TABLE … ALTER COLUMN … SET DEFAULT expression`` (a fixed SQL expression)."""
+    return (
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}")
+        .format(sql.Identifier(table), sql.Identifier(column), sql.SQL(expression))
+        .as_string()
+    )
+
+
+def drop_column_default(table: str, column: str) -> str:
+    """The reverse of :func:`set_column_default`."""
+    return (
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT")
+        .format(sql.Identifier(table), sql.Identifier(column))
+        .as_string()
+    )
