@@ -11,11 +11,12 @@ from django.db import models
 from django.db.models.functions import Now
 
 import channels
+from eventbus.compat import db_default
 
 
 class Tag(models.Model):
     name = models.CharField(max_length=100, unique=True)
-    post_count = models.IntegerField(default=0, db_default=0)
+    post_count = models.IntegerField(**db_default(0, default=0))
 
     def __str__(self) -> str:
         return self.name
@@ -23,7 +24,7 @@ class Tag(models.Model):
 
 class Category(models.Model):
     name = models.CharField(max_length=100, unique=True)
-    post_count = models.IntegerField(default=0, db_default=0)
+    post_count = models.IntegerField(**db_default(0, default=0))
 
     class Meta:
         verbose_name_plural = "categories"
@@ -42,7 +43,7 @@ class Post(models.Model):
     categories = models.ManyToManyField(
         Category, through="PostCategory", related_name="posts", blank=True
     )
-    created_at = models.DateTimeField(db_default=Now())
+    created_at = models.DateTimeField(**db_default(Now()))
     # Filled by post-processing (listeners/posts.py).
     word_count = models.IntegerField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
@@ -82,7 +83,7 @@ class Comment(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="comments"
     )
     body = models.TextField()
-    created_at = models.DateTimeField(db_default=Now())
+    created_at = models.DateTimeField(**db_default(Now()))
 
     class Meta:
         triggers = channels.comment_created.triggers()

@@ -14,6 +14,9 @@ Public API::
     def email_author(event: Event) -> None: ...
 """
 
+# The one place the version lives: pyproject.toml reads this literal (setuptools, statically).
+__version__ = "0.1.0"
+
 from eventbus.declaring.channel import DELETE, INSERT, UPDATE, Channel
 from eventbus.declaring.retry import EXPONENTIAL, FIBONACCI, RetryPolicy
 from eventbus.errors import GiveUp, HandlerTimeout, MalformedEvent, RetryLater, RowGone
@@ -35,4 +38,5 @@ __all__ = [
     "RetryLater",
     "RetryPolicy",
     "RowGone",
+    "__version__",
 ]

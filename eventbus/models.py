@@ -8,6 +8,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models.functions import Now
 
+from eventbus.compat import db_default
 from eventbus.event import DEAD, DONE, FAILED, PENDING, RUNNABLE
 
 
@@ -44,23 +45,23 @@ class EventRecord(models.Model):
     operation = models.CharField(max_length=8)
     table_name = models.CharField(max_length=63)
     key = models.TextField(null=True, blank=True)
-    ordered = models.BooleanField(default=False, db_default=False)  # of an ordered channel
+    ordered = models.BooleanField(**db_default(False, default=False))  # of an ordered channel
     old = PayloadField(null=True, blank=True)
     new = PayloadField(null=True, blank=True)
     state = models.CharField(
-        max_length=16, choices=State.choices, default=PENDING, db_default=PENDING
+        max_length=16, choices=State.choices, **db_default(PENDING, default=PENDING)
     )
-    attempts = models.IntegerField(default=0, db_default=0)
+    attempts = models.IntegerField(**db_default(0, default=0))
     # Attempts that ended in a transient database error (deadlock, serialization failure,
     # lock timeout): they back off under their own bound and use up no retry attempt.
-    transient_errors = models.IntegerField(default=0, db_default=0)
-    created_at = models.DateTimeField(db_default=Now())
-    run_after = models.DateTimeField(db_default=Now())  # not claimed before this time
+    transient_errors = models.IntegerField(**db_default(0, default=0))
+    created_at = models.DateTimeField(**db_default(Now()))
+    run_after = models.DateTimeField(**db_default(Now()))  # not claimed before this time
     first_claimed_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(null=True, blank=True)
     # One entry per failed attempt: {"attempt", "at", "worker", "error"}.
-    errors = models.JSONField(default=list, db_default=[], blank=True)
+    errors = models.JSONField(**db_default([], default=list), blank=True)
     worker = models.CharField(max_length=128, null=True, blank=True)
 
     class Meta:
@@ -103,8 +104,8 @@ class WorkerRecord(models.Model):
     host = models.CharField(max_length=128)
     pid = models.IntegerField()
     channels = models.TextField()
-    started_at = models.DateTimeField(db_default=Now())
-    last_seen = models.DateTimeField(db_default=Now())
+    started_at = models.DateTimeField(**db_default(Now()))
+    last_seen = models.DateTimeField(**db_default(Now()))
 
     class Meta:
         db_table = "eventbus_worker"
@@ -134,7 +135,7 @@ class InflightRecord(models.Model):
     first_ids = ArrayField(models.BigIntegerField())
     last_ids = ArrayField(models.BigIntegerField())
     attempts = ArrayField(models.IntegerField())
-    started_at = models.DateTimeField(db_default=Now())
+    started_at = models.DateTimeField(**db_default(Now()))
 
     class Meta:
         db_table = "eventbus_inflight"

@@ -569,3 +569,23 @@ ORPHAN_TRIGGER_FUNCTIONS = (
     "WHERE p.proname LIKE 'pgtrigger\\_eb\\_%%' AND pg_function_is_visible(p.oid) "
     "AND NOT EXISTS (SELECT FROM pg_trigger AS t WHERE t.tgfoid = p.oid) ORDER BY 1"
 )
+
+
+# Django 4.2 has no db_default: the eventbus migrations set the event tables' database
+# defaults with these (eventbus.compat.set_database_defaults). Rendered to text for RunSQL.
+def set_column_default(table: str, column: str, expression: str) -> str:
+    """``ALTER TABLE … ALTER COLUMN … SET DEFAULT expression`` (a fixed SQL expression)."""
+    return (
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}")
+        .format(sql.Identifier(table), sql.Identifier(column), sql.SQL(expression))
+        .as_string()
+    )
+
+
+def drop_column_default(table: str, column: str) -> str:
+    """The reverse of :func:`set_column_default`."""
+    return (
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT")
+        .format(sql.Identifier(table), sql.Identifier(column))
+        .as_string()
+    )

@@ -7,6 +7,8 @@ import pgtrigger.migrations
 from django.conf import settings
 from django.db import migrations, models
 
+from eventbus import compat
+
 
 class Migration(migrations.Migration):
     initial = True
@@ -27,7 +29,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("name", models.CharField(max_length=100, unique=True)),
-                ("post_count", models.IntegerField(db_default=0, default=0)),
+                ("post_count", models.IntegerField(**compat.db_default(0, default=0))),
             ],
             options={
                 "verbose_name_plural": "categories",
@@ -43,7 +45,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("name", models.CharField(max_length=100, unique=True)),
-                ("post_count", models.IntegerField(db_default=0, default=0)),
+                ("post_count", models.IntegerField(**compat.db_default(0, default=0))),
             ],
         ),
         migrations.CreateModel(
@@ -59,7 +61,9 @@ class Migration(migrations.Migration):
                 ("body", models.TextField()),
                 (
                     "created_at",
-                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                    models.DateTimeField(
+                        **compat.db_default(django.db.models.functions.datetime.Now())
+                    ),
                 ),
                 ("word_count", models.IntegerField(blank=True, null=True)),
                 ("processed_at", models.DateTimeField(blank=True, null=True)),
@@ -85,7 +89,9 @@ class Migration(migrations.Migration):
                 ("body", models.TextField()),
                 (
                     "created_at",
-                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                    models.DateTimeField(
+                        **compat.db_default(django.db.models.functions.datetime.Now())
+                    ),
                 ),
                 (
                     "author",
@@ -281,4 +287,9 @@ class Migration(migrations.Migration):
                 ),
             ),
         ),
+        # Django 4.2 has no db_default: the same database defaults, by SQL (none on 5.x).
+        *compat.set_database_defaults("blog_tag", post_count="0"),
+        *compat.set_database_defaults("blog_category", post_count="0"),
+        *compat.set_database_defaults("blog_post", created_at="statement_timestamp()"),
+        *compat.set_database_defaults("blog_comment", created_at="statement_timestamp()"),
     ]

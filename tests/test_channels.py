@@ -11,7 +11,7 @@ from django.db import NotSupportedError, connection, models, transaction
 from django.test.utils import isolate_apps
 
 from blog.models import Category, Comment, Post, Tag
-from eventbus import INSERT, UPDATE, Channel
+from eventbus import INSERT, UPDATE, Channel, compat
 from eventbus.declaring.channel import channel_trigger_errors
 from eventbus.models import EventRecord
 from tests.support import database_url
@@ -178,6 +178,12 @@ rating_changed.on(lambda event: None)
 rating_by_pk.on(lambda event: None)
 
 
+needs_composite_pk = pytest.mark.skipif(
+    not compat.HAS_PK_FIELDS, reason="CompositePrimaryKey is new in Django 5.2"
+)
+
+
+@needs_composite_pk
 @pytest.mark.django_db(transaction=True)
 @isolate_apps("blog")
 def test_a_model_with_a_composite_primary_key_makes_update_events(post: Post) -> None:
@@ -211,6 +217,7 @@ def test_a_model_with_a_composite_primary_key_makes_update_events(post: Post) ->
             editor.delete_model(Rating)
 
 
+@needs_composite_pk
 @isolate_apps("blog")
 def test_the_system_check_names_a_key_that_has_no_single_column() -> None:
     class Vote(models.Model):

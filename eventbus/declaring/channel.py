@@ -22,6 +22,7 @@ from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 
+from eventbus import compat
 from eventbus.declaring import registry
 from eventbus.declaring.retry import RetryPolicy
 from eventbus.declaring.triggers import CompiledChannelTrigger
@@ -313,7 +314,7 @@ def _column(channel: Channel, model: type[models.Model], field_name: str, role: 
 
 def _pk_columns(model: type[models.Model]) -> list[str]:
     """Every primary-key column: one, or several for a ``CompositePrimaryKey``."""
-    return [_quote(f.column) for f in model._meta.pk_fields]
+    return [_quote(f.column) for f in compat.pk_fields(model)]
 
 
 def _pair_old_and_new(channel: Channel, model: type[models.Model]) -> tuple[str, str]:

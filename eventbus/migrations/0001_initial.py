@@ -3,6 +3,8 @@
 import django.db.models.functions.datetime
 from django.db import migrations, models
 
+from eventbus import compat
+
 
 class Migration(migrations.Migration):
     initial = True
@@ -24,15 +26,16 @@ class Migration(migrations.Migration):
                     "state",
                     models.CharField(
                         choices=[("pending", "Pending"), ("done", "Done"), ("failed", "Failed")],
-                        db_default="pending",
-                        default="pending",
+                        **compat.db_default("pending", default="pending"),
                         max_length=16,
                     ),
                 ),
-                ("attempts", models.IntegerField(db_default=0, default=0)),
+                ("attempts", models.IntegerField(**compat.db_default(0, default=0))),
                 (
                     "created_at",
-                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                    models.DateTimeField(
+                        **compat.db_default(django.db.models.functions.datetime.Now())
+                    ),
                 ),
                 ("first_claimed_at", models.DateTimeField(blank=True, null=True)),
                 ("finished_at", models.DateTimeField(blank=True, null=True)),
@@ -55,5 +58,11 @@ class Migration(migrations.Migration):
                     ),
                 ],
             },
+        ),
+        *compat.set_database_defaults(
+            "eventbus_event",
+            state="'pending'",
+            attempts="0",
+            created_at="statement_timestamp()",
         ),
     ]

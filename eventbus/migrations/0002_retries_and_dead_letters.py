@@ -3,6 +3,8 @@
 import django.db.models.functions.datetime
 from django.db import migrations, models
 
+from eventbus import compat
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -21,12 +23,14 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="eventrecord",
             name="errors",
-            field=models.JSONField(blank=True, db_default=[], default=list),
+            field=models.JSONField(blank=True, **compat.db_default([], default=list)),
         ),
         migrations.AddField(
             model_name="eventrecord",
             name="run_after",
-            field=models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+            field=models.DateTimeField(
+                **compat.db_default(django.db.models.functions.datetime.Now())
+            ),
         ),
         migrations.AlterField(
             model_name="eventrecord",
@@ -38,8 +42,7 @@ class Migration(migrations.Migration):
                     ("failed", "Failed"),
                     ("dead", "Dead"),
                 ],
-                db_default="pending",
-                default="pending",
+                **compat.db_default("pending", default="pending"),
                 max_length=16,
             ),
         ),
@@ -66,5 +69,8 @@ class Migration(migrations.Migration):
                 fields=["channel", "id"],
                 name="eventbus_event_dead",
             ),
+        ),
+        *compat.set_database_defaults(
+            "eventbus_event", errors="'[]'::jsonb", run_after="statement_timestamp()"
         ),
     ]

@@ -3,6 +3,8 @@
 import django.db.models.functions.datetime
 from django.db import migrations, models
 
+from eventbus import compat
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -19,11 +21,15 @@ class Migration(migrations.Migration):
                 ("channels", models.TextField()),
                 (
                     "started_at",
-                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                    models.DateTimeField(
+                        **compat.db_default(django.db.models.functions.datetime.Now())
+                    ),
                 ),
                 (
                     "last_seen",
-                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                    models.DateTimeField(
+                        **compat.db_default(django.db.models.functions.datetime.Now())
+                    ),
                 ),
             ],
             options={
@@ -38,5 +44,10 @@ class Migration(migrations.Migration):
                 fields=["finished_at"],
                 name="eventbus_event_finished",
             ),
+        ),
+        *compat.set_database_defaults(
+            "eventbus_worker",
+            started_at="statement_timestamp()",
+            last_seen="statement_timestamp()",
         ),
     ]

@@ -2,6 +2,8 @@
 
 from django.db import migrations, models
 
+from eventbus import compat
+
 
 def flag_in_flight_ordered_events(apps, schema_editor):
     """Events of ordered channels written before this migration join the per-key index."""
@@ -27,8 +29,9 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="eventrecord",
             name="ordered",
-            field=models.BooleanField(db_default=False, default=False),
+            field=models.BooleanField(**compat.db_default(False, default=False)),
         ),
+        *compat.set_database_defaults("eventbus_event", ordered="false"),
         migrations.RunPython(flag_in_flight_ordered_events, migrations.RunPython.noop),
         migrations.AddIndex(
             model_name="eventrecord",

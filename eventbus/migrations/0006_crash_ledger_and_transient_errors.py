@@ -4,6 +4,8 @@ import django.contrib.postgres.fields
 import django.db.models.functions.datetime
 from django.db import migrations, models
 
+from eventbus import compat
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -41,7 +43,9 @@ class Migration(migrations.Migration):
                 ),
                 (
                     "started_at",
-                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                    models.DateTimeField(
+                        **compat.db_default(django.db.models.functions.datetime.Now())
+                    ),
                 ),
             ],
             options={
@@ -52,6 +56,8 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="eventrecord",
             name="transient_errors",
-            field=models.IntegerField(db_default=0, default=0),
+            field=models.IntegerField(**compat.db_default(0, default=0)),
         ),
+        *compat.set_database_defaults("eventbus_inflight", started_at="statement_timestamp()"),
+        *compat.set_database_defaults("eventbus_event", transient_errors="0"),
     ]
