@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "pgtrigger",
+    "django_tasks",
     "eventbus",
     "blog",
 ]
@@ -99,6 +100,9 @@ EVENTBUS = {
     # Modules imported at start-up that register handlers.
     "LISTENER_MODULES": ["listeners"],
 }
+
+# Django's task API on the same engine: @task functions run on the `listen` workers.
+TASKS = {"default": {"BACKEND": "eventbus.integrations.tasks.EventbusBackend"}}
 
 LOGGING = {
     "version": 1,

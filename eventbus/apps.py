@@ -12,6 +12,8 @@ class EventbusConfig(AppConfig):
         """Import the listener modules so their handlers are registered in every process."""
         from eventbus import conf
         from eventbus.declaring import wiring  # noqa: F401 (they register checks
+        from eventbus.integrations.tasks import queues
 
+        queues.declare_from_settings()  # the task queues' channels, before listen looks
         for module in conf.get().LISTENER_MODULES:
             import_module(module)
