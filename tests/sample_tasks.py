@@ -44,3 +44,10 @@ def gives_up() -> None:
 @task
 def returns_a_set() -> set[int]:
     return {1, 2}
+
+
+@task
+def sleeps(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)

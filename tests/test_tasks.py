@@ -99,6 +99,22 @@ def test_give_up_and_a_return_value_that_is_not_json_fail_at_once() -> None:
 
 
 @pytest.mark.django_db
+def test_a_task_running_past_its_timeout_is_stopped_and_fails() -> None:
+    result = sample_tasks.sleeps.enqueue(30)
+    with override_settings(
+        EVENTBUS={
+            "LISTENER_MODULES": ["listeners"],
+            "CHANNELS": {"tasks_default": {"timeout": 0.2, "retry": {"max_attempts": 1}}},
+        }
+    ):
+        [outcome] = run_events()
+    result.refresh()
+    assert (outcome.status, outcome.seconds < 5) == ("dead", True)
+    assert result.status == FAILED
+    assert result.errors[0].exception_class_path == "eventbus.errors.HandlerTimeout"
+
+
+@pytest.mark.django_db
 def test_unknown_result_ids_and_unsupported_tasks_are_refused() -> None:
     for unknown in ("999999999", "not-a-number"):
         with pytest.raises(TaskResultDoesNotExist):
