@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from django.db import transaction
-from django.test import override_settings
+from django.test import Client, override_settings
 from django_tasks import TaskResultStatus
 from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 
@@ -129,6 +129,18 @@ def test_a_result_outlives_its_purged_event() -> None:
     run_events()
     EventRecord.objects.filter(pk=result.id).delete()  # as the DONE_RETENTION purge does
     assert sample_tasks.add.get_result(result.id).return_value == 42
+
+
+@pytest.mark.django_db
+def test_operators_find_a_task_in_the_admin_by_its_id(admin_client: Client) -> None:
+    result = sample_tasks.add.enqueue(20, 22)
+    run_events()
+    events = admin_client.get("/admin/eventbus/eventrecord/", {"q": result.id})
+    assert (
+        f">{result.id}<" in events.content.decode() and "tasks_default" in events.content.decode()
+    )
+    page = admin_client.get(f"/admin/eventbus/taskresultrecord/{result.id}/change/")
+    assert page.status_code == 200 and "tests.sample_tasks.add" in page.content.decode()
 
 
 @pytest.mark.django_db(transaction=True)
