@@ -7,12 +7,15 @@ from collections.abc import Callable
 import pytest
 from django.test import Client, override_settings
 
+from blog import tasks
 from eventbus.models import EventRecord
 from eventbus.testing import run_events
 from listeners import mail
-from tests import sample_tasks
+from tests import sample_tasks, test_roles
 from tests.support import Listener, SMTPServer, wait_until
 from tests.test_api import call
+
+listener_role = test_roles.listener_role  # the reference site's listener role (a fixture)
 
 EMAILS = {
     "addresses": ["ada@example.com", "bob@example.com"],
@@ -110,3 +113,17 @@ def test_the_emails_go_out_from_the_listener(
         what="the task to report success",
     )
     assert (done["attempts"], done["return_value"]) == (1, {"sent": 2})
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_a_listener_under_the_least_privilege_role_runs_tasks(
+    listener_role: str, smtp: SMTPServer, start_listener: Callable[..., Listener]
+) -> None:
+    """It stores the task's return value: the role may write the task result table."""
+    result = tasks.send_emails.enqueue(["ada@example.com"], "Hi", "Hello.")
+    start_listener(
+        "--channels", "tasks_default", smtp=smtp, env_extra={"DATABASE_URL": listener_role}
+    )
+    wait_until(lambda: tasks.send_emails.get_result(result.id).is_finished, 20, what="the task")
+    assert tasks.send_emails.get_result(result.id).return_value == {"sent": 1}
