@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+import psycopg
 import pytest
 from django.db import transaction
 from django.test import Client, override_settings
@@ -15,7 +16,7 @@ from blog.models import Tag
 from eventbus.models import EventRecord
 from eventbus.testing import capture_events, run_events
 from tests import sample_tasks
-from tests.support import Listener, wait_until
+from tests.support import Listener, database_url, wait_until
 
 READY, SUCCESSFUL, FAILED = (
     TaskResultStatus.READY,
@@ -112,6 +113,17 @@ def test_a_task_running_past_its_timeout_is_stopped_and_fails() -> None:
     assert (outcome.status, outcome.seconds < 5) == ("dead", True)
     assert result.status == FAILED
     assert result.errors[0].exception_class_path == "eventbus.errors.HandlerTimeout"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_held_by_a_worker_reports_running() -> None:
+    result = sample_tasks.add.enqueue(1, 2)
+    with psycopg.connect(database_url()) as worker:  # a worker's claim holds the row
+        worker.execute("SELECT 1 FROM eventbus_event WHERE id = %s FOR UPDATE", [int(result.id)])
+        result.refresh()
+        assert result.status == TaskResultStatus.RUNNING
+    result.refresh()
+    assert result.status == READY
 
 
 @pytest.mark.django_db
