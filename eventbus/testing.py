@@ -33,6 +33,7 @@ from eventbus.running.executor import Executor, Outcome
 
 __all__ = [
     "CapturedEvents",
+    "EventsLeftRunning",
     "Outcome",
     "TransactionStateBroken",
     "capture_events",
