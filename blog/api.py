@@ -1,4 +1,8 @@
-"""The webhook API: accept a post at once (202), process it in the listener, report status.
+"""The webhook API: accept work at once (202), do it in the listener, report its status.
+
+- ``POST /api/posts/``: a post; its processing runs as events of the post's channels.
+- ``POST /api/emails/``: emails to a list of addresses; they go out from a task of
+  Django's task API (``blog.tasks.send_emails``), which the same listener runs.
 
 Every request carries `X-Eventbus-Signature: sha256=<hex>`, an HMAC-SHA256 with the shared
 WEBHOOK_SECRET over "METHOD\\npath\\nbody" (see blog/signing.py).
@@ -11,18 +15,23 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
+from django.core.validators import URLValidator, validate_email
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from blog import signing
+from blog import signing, tasks
 from blog.models import Category, Post, Tag
 from eventbus.event import DEAD, DONE, FAILED, PENDING
 from eventbus.models import EventRecord
 from eventbus.operating import status
+
+try:  # Django 6.0+
+    from django.tasks.exceptions import TaskResultDoesNotExist, TaskResultMismatch
+except ImportError:
+    from django_tasks.exceptions import TaskResultDoesNotExist, TaskResultMismatch
 
 # The channels whose events make up a post's processing.
 PROCESSING_CHANNELS = ("post_created", "post_tags_changed", "post_categories_changed")
@@ -132,5 +141,76 @@ def post_processing(request: HttpRequest, post_id: int) -> JsonResponse:
             "word_count": post.word_count,
             "processed_at": post.processed_at.isoformat() if post.processed_at else None,
             "events": events,
+        }
+    )
+
+
+MAX_ADDRESSES = 1000
+
+
+def _parse_emails(body: bytes) -> tuple[list[str], str, str]:
+    """{"addresses": [...], "subject": "...", "body": "..."}: every address valid."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    addresses = data.get("addresses")
+    if not isinstance(addresses, list) or not addresses:
+        raise BadRequest("addresses must be a non-empty list of email addresses")
+    if len(addresses) > MAX_ADDRESSES:
+        raise BadRequest(f"at most {MAX_ADDRESSES} addresses per request")
+    for address in addresses:
+        try:
+            validate_email(address)
+        except (ValidationError, TypeError):
+            raise BadRequest(f"not an email address: {address!r}") from None
+    missing = [k for k in ("subject", "body") if not isinstance(data.get(k), str)]
+    if missing:
+        raise BadRequest(f"missing or not a string: {', '.join(missing)}")
+    return addresses, data["subject"], data["body"]
+
+
+@csrf_exempt
+@require_POST
+def send_emails(request: HttpRequest) -> JsonResponse:
+    """Enqueue the emails and answer at once; the listener sends them."""
+    if refused := _unsigned(request):
+        return refused
+    try:
+        addresses, subject, body = _parse_emails(request.body)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    result = tasks.send_emails.enqueue(addresses, subject, body)
+    status_url = reverse("email-task", args=[result.id])
+    return JsonResponse(
+        {"task_id": result.id, "status": result.status, "status_url": status_url}, status=202
+    )
+
+
+@require_GET
+def email_task(request: HttpRequest, task_id: str) -> JsonResponse:
+    """The email task's status: READY, RUNNING, SUCCESSFUL or FAILED, with its errors."""
+    if refused := _unsigned(request):
+        return refused
+    try:
+        result = tasks.send_emails.get_result(task_id)
+    except (TaskResultDoesNotExist, TaskResultMismatch):
+        return _error(404, f"no email task {task_id}")
+
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value else None
+
+    successful = result.status == "SUCCESSFUL"
+    return JsonResponse(
+        {
+            "task_id": result.id,
+            "status": result.status,
+            "attempts": result.attempts,
+            "errors": [(e.traceback.splitlines() or [""])[0] for e in result.errors],
+            "return_value": result.return_value if successful else None,
+            "enqueued_at": iso(result.enqueued_at),
+            "finished_at": iso(result.finished_at),
         }
     )

@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "pgtrigger",
+    "django_tasks",
     "eventbus",
     "blog",
 ]
@@ -113,3 +114,6 @@ EVENTBUS = {
 }
 # No LOGGING: eventbus logs its start, state changes and errors to stderr by itself, at
 # EVENTBUS_LOG_LEVEL (README, "Logs"). A project's LOGGING for "eventbus" would win.
+
+# Django's task API on the same engine: @task functions run on the `listen` workers.
+TASKS = {"default": {"BACKEND": "eventbus.integrations.tasks.EventbusBackend"}}

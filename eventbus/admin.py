@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from eventbus.models import EventRecord, WorkerRecord
+from eventbus.models import EventRecord, TaskResultRecord, WorkerRecord
 from eventbus.operating import maintenance
 from eventbus.sql import Scope
 
@@ -118,3 +118,43 @@ class WorkerAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(TaskResultRecord)
+class TaskResultAdmin(admin.ModelAdmin):
+    """Return values of Django tasks; the task itself (state, errors, retry) is its event,
+    under Events with the same id."""
+
+    list_display = ("event_id", "task_path", "finished_at", "attempts")
+    search_fields = ("task_path",)
+    ordering = ("-event_id",)
+    fields = (
+        "event_id",
+        "task_path",
+        "backend",
+        "arguments",
+        "value",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "worker_ids",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # written by the task's handler
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="attempts")
+    def attempts(self, record: TaskResultRecord) -> int:
+        return len(record.worker_ids)
+
+    @admin.display(description="arguments")
+    def arguments(self, record: TaskResultRecord) -> str:
+        return _pretty({"args": record.args, "kwargs": record.kwargs})
+
+    @admin.display(description="return value")
+    def value(self, record: TaskResultRecord) -> str:
+        return _pretty(record.return_value)

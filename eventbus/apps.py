@@ -13,10 +13,12 @@ class EventbusConfig(AppConfig):
         registered in every process."""
         from eventbus import conf
         from eventbus.declaring import autodetector, installed, wiring  # noqa: F401 (checks)
+        from eventbus.integrations.tasks import queues
         from eventbus.operating import logs
 
         logs.install_default(conf.get().LOG_LEVEL)
         autodetector.install()
 
+        queues.declare_from_settings()  # the task queues' channels, before listen looks
         for module in conf.get().LISTENER_MODULES:
             import_module(module)

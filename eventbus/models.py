@@ -144,3 +144,30 @@ class InflightRecord(models.Model):
     def __str__(self) -> str:
         runs = zip(self.first_ids, self.last_ids, strict=True)
         return f"batch {self.pk} of {self.worker}: {sum(b - a + 1 for a, b in runs)} event(s)"
+
+
+class TaskResultRecord(models.Model):
+    """What a task of Django's task API returned (``eventbus.integrations.tasks``).
+
+    Written by the task's handler in the claim transaction, so it commits exactly when its
+    event becomes ``done``. It copies what ``get_result`` needs, so a result stays readable
+    after the event is purged (``DONE_RETENTION``).
+    """
+
+    event_id = models.BigIntegerField(primary_key=True)  # also the task result's id
+    task_path = models.CharField(max_length=255)
+    backend = models.CharField(max_length=64)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    return_value = models.JSONField(null=True)
+    enqueued_at = models.DateTimeField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    worker_ids = models.JSONField(default=list)
+
+    class Meta:
+        db_table = "eventbus_task_result"
+        verbose_name = "task result"
+
+    def __str__(self) -> str:
+        return f"result of task {self.event_id} ({self.task_path})"

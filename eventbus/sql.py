@@ -223,6 +223,16 @@ def max_id() -> sql.Composed:
     return sql.SQL("SELECT coalesce(max(id), 0) FROM {table}").format(table=TABLE)
 
 
+def events_after(after_id: int) -> tuple[sql.Composed, list[Any]]:
+    """Events with an id above `after_id`, oldest first, as ``Event.from_row`` reads them
+    (``eventbus.testing``: what a block of code wrote)."""
+    query = sql.SQL(
+        "SELECT id, channel, operation, table_name, key, old, new, created_at, attempts "
+        "FROM {table} WHERE id > %s ORDER BY id"
+    ).format(table=TABLE)
+    return query, [after_id]
+
+
 def _in(column: str, values: Sequence[str]) -> sql.Composable:
     return sql.SQL("{} IN ({})").format(
         sql.SQL(column), sql.SQL(", ").join(map(sql.Literal, values))

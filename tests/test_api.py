@@ -13,8 +13,7 @@ from django.test import Client
 from blog import signing
 from blog.models import Post
 from eventbus.models import EventRecord
-from eventbus.running.executor import Executor
-from eventbus.sql import Scope
+from eventbus.testing import run_events
 from tests.support import HTTPReceiver, Listener, database_url, wait_until
 
 
@@ -92,7 +91,7 @@ def test_status_endpoints_follow_processing(client: Client, author: User) -> Non
 
     created = EventRecord.objects.get(channel="post_created")
     event_path = f"/api/events/{created.pk}/"
-    Executor("test-worker").run_batch(Scope(), 100)
+    run_events()
     done = call(client, "GET", path).json()
     assert (done["state"], done["word_count"], done["error"]) == ("done", 3, None)
     event = call(client, "GET", event_path).json()

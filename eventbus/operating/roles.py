@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from django.apps import apps
 from psycopg import sql
 
-from eventbus.models import EventRecord, InflightRecord, WorkerRecord
+from eventbus.models import EventRecord, InflightRecord, TaskResultRecord, WorkerRecord
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 READ = ("SELECT",)
 UPDATE = ("SELECT", "UPDATE")
 WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
+ENGINE_MODELS = (EventRecord, WorkerRecord, InflightRecord, TaskResultRecord)
 
 
 def tables(labels: Sequence[str]) -> list[str]:
@@ -76,8 +77,8 @@ def listener_role(
             "END $$;"
         ).format(name=sql.Literal(role), role=r),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {};").format(sql.Identifier(schema), r),
-        sql.SQL("-- claim, mark, publish and purge events; heartbeats"),
-        grant(WRITE, [m._meta.db_table for m in (EventRecord, WorkerRecord, InflightRecord)]),
+        sql.SQL("-- claim, mark, publish and purge events; heartbeats; tasks' return values"),
+        grant(WRITE, [m._meta.db_table for m in ENGINE_MODELS]),
     ]
     for comment, privileges, labels in (
         ("what the handlers read", READ, read),
