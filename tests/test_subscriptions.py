@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -270,3 +271,32 @@ def test_a_subscription_added_later_can_replay_the_channels_history_once() -> No
     run("test_announced:notify")
     assert set(notify.values_list("state", flat=True)) == {"done"}
     assert sum(1 for k in calls if k.startswith("notify:")) == 4
+
+
+def test_recover_backfills_a_new_subscription_and_runs_its_events() -> None:
+    for n in range(2):  # only "audit" existed when these were written
+        EventRecord.objects.create(
+            channel="test_announced:audit",
+            operation="PUBLISH",
+            table_name="",
+            key=str(n),
+            new={"n": n},
+            state="done",
+        )
+    out = StringIO()
+    call_command(
+        "recover",
+        "--channel",
+        "test_announced:notify",
+        "--since",
+        "2000-01-01",
+        "--backfill",
+        stdout=out,
+    )
+    assert "backfill: test_announced:notify: copied 2 event(s) from test_announced:audit" in (
+        out.getvalue()
+    )
+    notify = EventRecord.objects.filter(channel="test_announced:notify")
+    assert sorted(notify.values_list("key", "state")) == [("0", "done"), ("1", "done")]
+    with pytest.raises(CommandError, match="needs --since"):
+        call_command("recover", "--channel", "test_announced:notify", "--backfill")

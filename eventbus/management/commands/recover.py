@@ -13,6 +13,7 @@ from eventbus import conf
 from eventbus.declaring import wiring
 from eventbus.management.commands import _options
 from eventbus.operating import recovery
+from eventbus.operating.backfill import backfill
 from eventbus.operating.progress import Progress
 
 PROGRESS_FROM = 500  # events: below this a replay is quick enough without progress
@@ -57,6 +58,19 @@ class Command(BaseCommand):
             help="replay dead events instead: each gets one more attempt",
         )
         parser.add_argument(
+            "--backfill",
+            action="store_true",
+            help="first give each subscription named with --channel the events its channel "
+            "made since --since, before the subscription existed (copied once from a sibling "
+            "queue), then replay them",
+        )
+        parser.add_argument(
+            "--backfill-from",
+            metavar="QUEUE",
+            help="the queue to copy from with --backfill (default: the channel's queue with "
+            "the most events since --since; the channel's own name if it had no subscriptions)",
+        )
+        parser.add_argument(
             "--dry-run", action="store_true", help="count what would be replayed; change nothing"
         )
         parser.add_argument(
@@ -72,6 +86,8 @@ class Command(BaseCommand):
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
         alias = conf.get().DATABASE_ALIAS
+        if options["backfill"] or options["backfill_from"]:
+            self._backfill(options, alias)
         requested = _options.stored_channels(options["channel"], alias)
         scope = recovery.scope_for(
             requested,
@@ -110,6 +126,22 @@ class Command(BaseCommand):
         self._report_left_alone(left_alone, options["dead"])
         if summary.unhandled or (requested and left_alone):
             raise SystemExit(1)
+
+    def _backfill(self, options: dict[str, Any], alias: str) -> None:
+        """Copy history to each subscription named, before the replay takes it."""
+        since = _options.timestamp(options["since"])
+        names = options["channel"] or []
+        if since is None or not names or options["dry_run"]:
+            raise CommandError(
+                "--backfill needs --since (from when) and --channel naming each subscription "
+                "(comment_created:search_index), and makes changes: no --dry-run"
+            )
+        for name in names:
+            try:
+                copied = backfill(name, since, options["backfill_from"], alias)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            self.stdout.write(f"backfill: {copied}")
 
     def _report_left_alone(self, left_alone: dict[str, int], dead: bool) -> None:
         """Say which events nothing here can run, and what to do with them."""
