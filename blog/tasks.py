@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 from django_tasks import TaskContext, task
 
-from listeners import mail
+from blog import mail
 
 
 def message_id(task_id: str, index: int) -> str:

@@ -7,9 +7,9 @@ from django.contrib.auth import get_user_model
 from django.db.models import Subquery
 
 import channels
+from blog import mail
 from blog.models import Post
 from eventbus import Event, RowGone
-from listeners import mail
 
 
 def message_id(event: Event) -> str:

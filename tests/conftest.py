@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
+from blog import mail
 from blog.models import Post
 from eventbus.running import ledger
-from listeners import mail
 from tests.support import Listener, SMTPServer, manage_env
 
 

@@ -7,10 +7,9 @@ from collections.abc import Callable
 import pytest
 from django.test import Client, override_settings
 
-from blog import tasks
+from blog import mail, tasks
 from eventbus.models import EventRecord
 from eventbus.testing import run_events
-from listeners import mail
 from tests import sample_tasks, test_roles
 from tests.support import Listener, SMTPServer, wait_until
 from tests.test_api import call
