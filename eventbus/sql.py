@@ -547,27 +547,45 @@ def unhandled_backlog(live_within: float) -> tuple[sql.Composed, dict[str, Any]]
     return query, {"live": live_within}
 
 
-# --- Backfill: a subscription added later replays the channel's history (operating.backfill) ---
+# --- Backfill: subscriptions get the events written before they existed (operating.backfill) ---
 
-# Sources: the channel's other queues with events since a time, most events first.
-BACKFILL_SOURCES = sql.SQL(
-    "SELECT channel, count(*) FROM {table} WHERE channel <> %(queue)s "
-    "AND (channel = %(channel)s OR channel LIKE %(prefix)s) AND created_at >= %(since)s "
-    "GROUP BY channel ORDER BY count(*) DESC, channel"
-).format(table=TABLE)
-
-# Copies of the source queue's events that the target never received: those since
-# `since` and older than the target's oldest event (when it began to receive its own), so
-# that a second run copies nothing again. Copies keep their time and start pending.
+# A new subscription's copies of its channel's changes since a time that it never
+# received: those older than its own first event (when it began to receive its own), so a
+# second run copies nothing again. The changes are read from every other queue of the
+# channel (its own name included), each change once: the rows of one change in sibling
+# queues are alike but for their queue. Copies keep their time and start pending.
 BACKFILL = sql.SQL(
-    "WITH copied AS (INSERT INTO {table} "
+    "WITH source AS (SELECT DISTINCT ON (s.created_at, s.operation, s.table_name, s.key, "
+    "md5(coalesce(s.old::text, '')), md5(coalesce(s.new::text, ''))) "
+    "s.id, s.operation, s.table_name, s.key, s.old, s.new, s.ordered, s.created_at "
+    "FROM {table} AS s WHERE (s.channel = %(channel)s OR s.channel LIKE %(prefix)s) "
+    "AND s.channel <> %(queue)s AND (%(source)s::text IS NULL OR s.channel = %(source)s) "
+    "AND s.created_at >= %(since)s AND s.created_at < coalesce((SELECT min(created_at) "
+    "FROM {table} WHERE channel = %(queue)s), 'infinity') "
+    "ORDER BY s.created_at, s.operation, s.table_name, s.key, "
+    "md5(coalesce(s.old::text, '')), md5(coalesce(s.new::text, '')), s.id), "
+    "copied AS (INSERT INTO {table} "
     "(channel, operation, table_name, key, old, new, ordered, created_at) "
-    "SELECT %(queue)s, s.operation, s.table_name, s.key, s.old, s.new, s.ordered, s.created_at "
-    "FROM {table} AS s WHERE s.channel = %(source)s AND s.created_at >= %(since)s "
-    "AND s.created_at < coalesce((SELECT min(created_at) FROM {table} "
-    "WHERE channel = %(queue)s), 'infinity') ORDER BY s.id RETURNING id) "
+    "SELECT %(queue)s, operation, table_name, key, old, new, ordered, created_at "
+    "FROM source ORDER BY id RETURNING id) "
     "SELECT count(*), min(id), max(id) FROM copied"
 ).format(table=TABLE)
+
+# A channel that gained subscriptions: its runnable events written before (under the
+# channel's own name, which no handler takes any more) become one event per subscription,
+# in one statement, so none is lost or doubled. Events a listener holds are skipped (an
+# older release may still be handling them); the next pass takes what is left.
+FAN_OUT = sql.SQL(
+    "WITH moved AS (DELETE FROM {table} AS e WHERE e.id IN (SELECT id FROM {table} "
+    "WHERE channel = %(channel)s AND {runnable} ORDER BY id LIMIT %(limit)s "
+    "FOR UPDATE SKIP LOCKED) RETURNING e.*), "
+    "copied AS (INSERT INTO {table} "
+    "(channel, operation, table_name, key, old, new, ordered, created_at) "
+    "SELECT q.queue, m.operation, m.table_name, m.key, m.old, m.new, m.ordered, m.created_at "
+    "FROM moved AS m CROSS JOIN unnest(%(queues)s::text[]) WITH ORDINALITY AS q(queue, n) "
+    "ORDER BY m.id, q.n RETURNING id) "
+    "SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM copied)"
+).format(table=TABLE, runnable=_in("state", RUNNABLE))
 
 
 # --- Installed triggers (eventbus.declaring.installed) -------------------------------------------

@@ -121,7 +121,8 @@ def project(venv: Path, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]
     home = tmp_path / "site"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
-    subprocess.run([python, "-m", "django", "startproject", "shop_site", str(home)], check=True)
+    startproject = [python, "-m", "django", "startproject", "shop_site", str(home)]
+    subprocess.run(startproject, cwd=tmp_path, env=env, check=True)
     subprocess.run([python, "manage.py", "startapp", "shop"], cwd=home, env=env, check=True)
     (home / "shop" / "models.py").write_text(textwrap.dedent(SHOP_MODELS).lstrip())
     (home / "shop" / "handlers.py").write_text(textwrap.dedent(SHOP_HANDLERS).lstrip())

@@ -149,9 +149,9 @@ def _remedy(migrations: _Migrations, model: type[models.Model], trigger: Any, ur
         )
     if migrations.declares(migrations.written, model, compiled):
         return "Run `manage.py migrate`: a migration not yet applied installs it."
-    if model._meta.auto_created or (model._meta.app_label, model._meta.model_name) not in (
-        migrations.written.models
-    ):
+    in_meta = trigger in getattr(model._meta, "triggers", [])
+    has_migrations = model._meta.app_label in migrations.loader.migrated_apps
+    if model._meta.auto_created or not (in_meta and has_migrations):
         return f"{PROXY_ROUTE} Or: {install_now}"
     return "Run `manage.py makemigrations`, then `manage.py migrate`."
 

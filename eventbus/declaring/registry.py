@@ -9,7 +9,8 @@ subscription). Every lookup here accepts a queue name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -126,3 +127,15 @@ def expand(names: Iterable[str]) -> tuple[str, ...]:
         for queue in declared.queues if declared is not None else (name,):
             queues[queue] = None
     return tuple(queues)
+
+
+@contextmanager
+def scratch() -> Iterator[None]:
+    """Forget the channels and handlers declared inside (for tests that declare some)."""
+    saved = (dict(_channels), dict(_handlers), dict(_dead_hooks))
+    try:
+        yield
+    finally:
+        for live, kept in zip((_channels, _handlers, _dead_hooks), saved, strict=True):
+            live.clear()
+            live.update(kept)

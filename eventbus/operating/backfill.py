@@ -1,27 +1,40 @@
-"""Give a subscription added later the events its channel made before it existed.
+"""Give subscriptions the events their channel made before they existed.
 
-A new subscription receives new events only: the trigger writes its rows from the
-migration that added it on. To replay history, copy a sibling queue's events since a
-chosen time (each change made one row per subscription, so one sibling's rows are the
-channel's changes). Copies start pending, keep their original time, and never repeat:
-only events older than the subscription's own first event are copied.
+Two cases, both about a channel's subscriptions (its queues ``<channel>:<subscription>``):
+
+- **A subscription added later** receives new events only: the trigger writes its rows
+  from the migration that added it on. ``recover --backfill`` copies the channel's
+  changes since a chosen time from its other queues, each change once (the rows of one
+  change in sibling queues are alike but for their queue). Copies start pending, keep
+  their original time, and never repeat: only events older than the subscription's own
+  first event are copied.
+- **A channel that gained subscriptions** keeps the runnable events written before,
+  under its own name, which no handler takes any more. Listeners fan them out to the
+  subscriptions (``fan_out``) at start and then every purge interval, so they are handled
+  by each subscription instead of waiting forever.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import connections, transaction
 
 from eventbus import sql
 from eventbus.declaring import registry
 
+log = logging.getLogger("eventbus.backfill")
+
+FAN_OUT_LIMIT = 1000  # events per statement: a short transaction, however many wait
+
 
 @dataclass(frozen=True)
 class Backfilled:
     queue: str
-    source: str | None
+    source: str | None  # None: every other queue of the channel
     count: int
     first_id: int | None
     last_id: int | None
@@ -29,8 +42,9 @@ class Backfilled:
     def __str__(self) -> str:
         if not self.count:
             return f"{self.queue}: nothing to backfill"
+        source = self.source or f"the other queues of {registry.base_name(self.queue)}"
         return (
-            f"{self.queue}: copied {self.count} event(s) from {self.source} "
+            f"{self.queue}: copied {self.count} event(s) from {source} "
             f"(ids {self.first_id}..{self.last_id})"
         )
 
@@ -38,23 +52,52 @@ class Backfilled:
 def backfill(
     queue: str, since: datetime, source: str | None = None, alias: str = "default"
 ) -> Backfilled:
-    """Copy `source`'s events since `since` to `queue` (default source: the channel's
-    queue with the most events since then, the channel's own name included)."""
+    """Copy the channel's changes since `since` that `queue` never received (read from
+    `source` alone if given, else from every other queue of the channel)."""
     channel = registry.base_name(queue)
     if queue == channel:
         raise ValueError(f"{queue}: name one subscription (<channel>:<subscription>) to backfill")
+    if source is not None and registry.base_name(source) != channel:
+        raise ValueError(f"--backfill-from {source}: not a queue of channel {channel}")
+    params = {
+        "queue": queue,
+        "channel": channel,
+        "prefix": f"{channel}:%",
+        "source": source,
+        "since": since,
+    }
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-        if source is None:
-            cursor.execute(
-                sql.BACKFILL_SOURCES,
-                {"queue": queue, "channel": channel, "prefix": f"{channel}:%", "since": since},
-            )
-            row = cursor.fetchone()
-            if row is None:
-                return Backfilled(queue, None, 0, None, None)
-            source = str(row[0])
-        cursor.execute(sql.BACKFILL, {"queue": queue, "source": source, "since": since})
+        cursor.execute(sql.BACKFILL, params)
         count, first, last = cursor.fetchone()
         if count:
             cursor.execute(*sql.notify_channels([queue]))
     return Backfilled(queue, source, int(count), first, last)
+
+
+def fan_out(queues: tuple[str, ...], cursor: Any) -> int:
+    """Turn the runnable events of each channel-with-subscriptions among `queues` that
+    sit under the channel's own name into one event per subscription. Returns how many
+    events were fanned out."""
+    total = 0
+    for channel in {registry.channel(q) for q in queues} - {None}:
+        if channel is None or not channel.subscriptions:
+            continue
+        while True:
+            params = {"channel": channel.name, "queues": list(channel.queues)}
+            cursor.execute(sql.FAN_OUT, {**params, "limit": FAN_OUT_LIMIT})
+            moved, copied = cursor.fetchone()
+            if not moved:
+                break
+            total += moved
+            log.info(
+                "channel %s: %d event(s) written before it had subscriptions fanned out to "
+                "%s (%d events)",
+                channel.name,
+                moved,
+                ", ".join(channel.subscriptions),
+                copied,
+                extra={"channel": channel.name},
+            )
+            if moved < FAN_OUT_LIMIT:
+                break
+    return total

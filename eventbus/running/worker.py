@@ -23,7 +23,7 @@ from django.db import connections
 from eventbus import sql
 from eventbus.declaring import registry, wiring
 from eventbus.declaring.channel import notify_channel
-from eventbus.operating import maintenance, metrics
+from eventbus.operating import backfill, maintenance, metrics
 from eventbus.running.connections import add_keepalives
 from eventbus.running.executor import Executor
 from eventbus.running.ledger import LedgerUnavailable
@@ -113,6 +113,7 @@ class Worker:
                     delay = 0.5
                     health = Health(self.options.health_interval)
                     self._name_claim_connection()
+                    self._fan_out()
                     self.drain()
                     next_poll = time.monotonic() + self.options.poll_interval
                     while not self._stopping:
@@ -179,10 +180,18 @@ class Worker:
         self.executor.idle()
         return total
 
+    def _fan_out(self) -> None:
+        """Events a channel got before it had subscriptions go to its subscriptions."""
+        with connections[self.options.alias].cursor() as cursor:
+            backfill.fan_out(self.channels, cursor)
+
     def _purge_if_due(self) -> None:
-        if self.options.done_retention is None or time.monotonic() < self._next_purge:
+        if time.monotonic() < self._next_purge:
             return
         self._next_purge = time.monotonic() + self.options.purge_interval
+        self._fan_out()
+        if self.options.done_retention is None:
+            return
         purged = maintenance.purge_expired(self.options.done_retention, self.options.alias)
         if purged:
             log.info(
