@@ -1,6 +1,7 @@
 from importlib import import_module
 
 from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
 
 
 class EventbusConfig(AppConfig):
@@ -21,4 +22,18 @@ class EventbusConfig(AppConfig):
 
         queues.declare_from_settings()  # the task queues' channels, before listen looks
         for module in conf.get().LISTENER_MODULES:
-            import_module(module)
+            _import_listener_module(module)
+
+
+def _import_listener_module(module: str) -> None:
+    """Import one of LISTENER_MODULES; a name that is not a module is a configuration error
+    that says which setting to fix (an import error inside the module stays as it is)."""
+    try:
+        import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise
+        raise ImproperlyConfigured(
+            f'EVENTBUS["LISTENER_MODULES"] lists {module!r}, which is not an importable '
+            f"module ({exc}): fix the name, or the EVENTBUS_LISTENER_MODULES variable"
+        ) from None

@@ -59,8 +59,8 @@ class CapturedEvents(list[Event]):
     """The events a block wrote, oldest first; filled when the block ends."""
 
     def of(self, channel: str) -> list[Event]:
-        """The events of `channel`."""
-        return [event for event in self if event.channel == channel]
+        """The events of `channel`, or of one of its subscriptions (``channel:subscription``)."""
+        return [event for event in self if channel in (event.channel, event.queue)]
 
     def one(self, channel: str) -> Event:
         """The only event of `channel`; fails, listing what was written, if not exactly one."""
@@ -72,8 +72,10 @@ class CapturedEvents(list[Event]):
         return found[0]
 
     def summary(self) -> list[tuple[str, str, str | None]]:
-        """(channel, operation, key) of each event: compact to compare in an assert."""
-        return [(event.channel, event.operation, event.key) for event in self]
+        """(queue, operation, key) of each event: compact to compare in an assert. The queue
+        is the channel's name, or ``channel:subscription`` on a channel with subscriptions
+        (one event per subscription)."""
+        return [(event.queue, event.operation, event.key) for event in self]
 
 
 @contextlib.contextmanager

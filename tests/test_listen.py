@@ -345,3 +345,12 @@ def test_a_listener_refuses_to_start_without_handlers_and_check_warns(
         30,
         what="a listener limited to the channels it has handlers for to run",
     )
+
+
+def test_a_misspelt_listener_module_is_a_configuration_error_naming_the_setting() -> None:
+    result = manage("check", env={"EVENTBUS_LISTENER_MODULES": "listners"})
+    assert result.returncode != 0
+    assert (
+        "ImproperlyConfigured: EVENTBUS[\"LISTENER_MODULES\"] lists 'listners', which is not "
+        "an importable module (No module named 'listners')"
+    ) in result.stderr

@@ -351,3 +351,16 @@ def test_recover_backfills_a_new_subscription_and_runs_its_events() -> None:
     assert sorted(notify.values_list("key", "state")) == [("0", "done"), ("1", "done")]
     with pytest.raises(CommandError, match="needs --since"):
         call_command("recover", "--channel", "test_announced:notify", "--backfill")
+
+
+def test_captured_events_name_their_subscription(gadgets: None) -> None:
+    from eventbus.testing import capture_events
+
+    with capture_events() as events:
+        Gadget.objects.create(label="k")
+    assert sorted(events.summary()) == [
+        ("test_fanned:email_author", "INSERT", "k"),
+        ("test_fanned:search_index", "INSERT", "k"),
+    ]
+    assert len(events.of("test_fanned")) == 2
+    assert events.one("test_fanned:search_index").subscription == "search_index"

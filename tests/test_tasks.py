@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 
@@ -204,3 +205,13 @@ def test_django_6_tasks_module() -> None:
     from django.tasks import task_backends
 
     assert type(task_backends["default"]).__name__ == "EventbusBackend"
+
+
+@pytest.mark.django_db
+def test_a_failed_task_is_logged_with_the_reason_it_died(caplog: pytest.LogCaptureFixture) -> None:
+    result = sample_tasks.gives_up.enqueue()
+    with caplog.at_level(logging.ERROR, logger="django_tasks"):
+        run_events(retries=True)
+    [record] = [r for r in caplog.records if r.name == "django_tasks" and "FAILED" in r.message]
+    assert record.exc_info is not None, "logged as an exception: with what killed it"
+    assert f"task {result.id} will not run again" in str(record.exc_info[1])

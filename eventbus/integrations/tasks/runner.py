@@ -74,7 +74,16 @@ def task_died(event: Event, error: str) -> None:
     result.errors.append(task_error(error, task))
     result.worker_ids.append(worker_name())
     _finish(result, TaskResultStatus.FAILED, timezone.now(), None)
-    task_finished.send(type(task.get_backend()), task_result=result)
+    # Receivers log a failure with logger.exception (django-tasks' own does, for error
+    # monitoring); outside an except block it would print "NoneType: None".
+    try:
+        raise TaskDied(f"task {event.id} will not run again: {error}")
+    except TaskDied:
+        task_finished.send(type(task.get_backend()), task_result=result)
+
+
+class TaskDied(Exception):
+    """A task's event died: the reason its task_finished signal reports a failure."""
 
 
 def _finish(result: TaskResult, status: str, finished: Any, value: Any) -> None:
