@@ -413,7 +413,7 @@ def stored_channels(names: Sequence[str]) -> tuple[sql.Composed, dict[str, Any]]
     query = sql.SQL(
         "SELECT n, q.channel FROM unnest(%(names)s::text[]) AS n CROSS JOIN LATERAL "
         "(SELECT DISTINCT e.channel FROM {table} AS e WHERE {match} "
-        "OR e.channel LIKE n || ':%%') AS q ORDER BY 1, 2"
+        "OR split_part(e.channel, ':', 1) = n) AS q ORDER BY 1, 2"
     ).format(table=TABLE, match=_channel_in("e.channel", sql.SQL("ARRAY[n]")))
     return query, {"names": list(names)}
 
@@ -549,27 +549,40 @@ def unhandled_backlog(live_within: float) -> tuple[sql.Composed, dict[str, Any]]
 
 # --- Backfill: subscriptions get the events written before they existed (operating.backfill) ---
 
-# A new subscription's copies of its channel's changes since a time that it never
-# received: those older than its own first event (when it began to receive its own), so a
-# second run copies nothing again. The changes are read from every other queue of the
-# channel (its own name included), each change once: the rows of one change in sibling
-# queues are alike but for their queue. Copies keep their time and start pending.
+# Backfills of one queue take turns: two at once would both see no copies, and both copy.
+BACKFILL_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('eventbus:backfill:' || %s, 0))"
+
+# A new subscription's copies of its channel's changes since a time that it does not hold
+# yet. The changes are read from every other queue of the channel (its own name included),
+# each change once: the rows of one change in sibling queues are alike but for their
+# queue, so a change is its time, operation, table, key and rows. Runnable events still
+# under the channel's own name are left to the listeners' fan-out, which gives them to
+# every subscription. Copies keep their time and start pending.
+_CHANGE = sql.SQL(
+    "{t}.created_at, {t}.operation, {t}.table_name, {t}.key, "
+    "md5(coalesce({t}.old::text, '')), md5(coalesce({t}.new::text, ''))"
+)
 BACKFILL = sql.SQL(
-    "WITH source AS (SELECT DISTINCT ON (s.created_at, s.operation, s.table_name, s.key, "
-    "md5(coalesce(s.old::text, '')), md5(coalesce(s.new::text, ''))) "
+    "WITH source AS (SELECT DISTINCT ON ({change}) "
     "s.id, s.operation, s.table_name, s.key, s.old, s.new, s.ordered, s.created_at "
-    "FROM {table} AS s WHERE (s.channel = %(channel)s OR s.channel LIKE %(prefix)s) "
+    "FROM {table} AS s WHERE split_part(s.channel, ':', 1) = %(channel)s "
     "AND s.channel <> %(queue)s AND (%(source)s::text IS NULL OR s.channel = %(source)s) "
-    "AND s.created_at >= %(since)s AND s.created_at < coalesce((SELECT min(created_at) "
-    "FROM {table} WHERE channel = %(queue)s), 'infinity') "
-    "ORDER BY s.created_at, s.operation, s.table_name, s.key, "
-    "md5(coalesce(s.old::text, '')), md5(coalesce(s.new::text, '')), s.id), "
+    "AND NOT (s.channel = %(channel)s AND {runnable}) "
+    "AND s.created_at >= %(since)s AND s.created_at < %(until)s "
+    "AND NOT EXISTS (SELECT FROM {table} AS t WHERE t.channel = %(queue)s "
+    "AND ({target_change}) = ({change})) "
+    "ORDER BY {change}, s.id), "
     "copied AS (INSERT INTO {table} "
     "(channel, operation, table_name, key, old, new, ordered, created_at) "
     "SELECT %(queue)s, operation, table_name, key, old, new, ordered, created_at "
-    "FROM source ORDER BY id RETURNING id) "
+    "FROM source ORDER BY created_at, id RETURNING id) "
     "SELECT count(*), min(id), max(id) FROM copied"
-).format(table=TABLE)
+).format(
+    table=TABLE,
+    change=_CHANGE.format(t=sql.SQL("s")),
+    target_change=_CHANGE.format(t=sql.SQL("t")),
+    runnable=_in("s.state", RUNNABLE),
+)
 
 # A channel that gained subscriptions: its runnable events written before (under the
 # channel's own name, which no handler takes any more) become one event per subscription,

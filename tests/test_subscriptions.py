@@ -296,8 +296,17 @@ def test_a_subscription_added_later_can_replay_the_channels_history_once() -> No
     run("test_announced:notify")
     assert set(notify.values_list("state", flat=True)) == {"done"}
     assert sum(1 for k in calls if k.startswith("notify:")) == 4
-    # a third subscription: change 3 sits in two queues, and is copied once
-    assert backfill("test_announced:third", since=start).count == 4
+
+    # A third subscription: each change sits in two queues, and is copied once.
+    from eventbus import sql
+
+    with registry.scratch():
+        trio = Channel("test_trio", operations=(), subscriptions=["a", "b", "c"])
+        with connection.cursor() as cursor:
+            for n in range(2):  # written when only "a" and "b" existed
+                cursor.execute(*sql.publish(["test_trio:a", "test_trio:b"], {"n": n}, None, False))
+        assert backfill("test_trio:c", since=start).count == 2
+        assert trio.queues[2] == "test_trio:c"
 
 
 def test_events_a_channel_got_before_it_had_subscriptions_go_to_each_subscription(

@@ -106,7 +106,7 @@ class Channel:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(
                 f"channel name {self.name!r} must match {_NAME.pattern} (it names triggers)"
             )
@@ -124,7 +124,7 @@ class Channel:
             raise ValueError(f"channel {self.name}: 'changed' only applies to UPDATE")
         self.subscriptions = tuple(self.subscriptions)
         for subscription in self.subscriptions:
-            if not _SUBSCRIPTION.match(subscription):
+            if not _SUBSCRIPTION.fullmatch(subscription):
                 raise ValueError(
                     f"channel {self.name}: subscription name {subscription!r} must match "
                     f"{_SUBSCRIPTION.pattern}"

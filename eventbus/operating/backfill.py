@@ -5,9 +5,10 @@ Two cases, both about a channel's subscriptions (its queues ``<channel>:<subscri
 - **A subscription added later** receives new events only: the trigger writes its rows
   from the migration that added it on. ``recover --backfill`` copies the channel's
   changes since a chosen time from its other queues, each change once (the rows of one
-  change in sibling queues are alike but for their queue). Copies start pending, keep
-  their original time, and never repeat: only events older than the subscription's own
-  first event are copied.
+  change in sibling queues are alike but for their queue), that the subscription does
+  not hold. Copies start pending and keep their original time. Backfills of one queue
+  take turns, so two at once copy a change once. A change whose copy was handled and
+  then purged is copied again by a later run: run it once.
 - **A channel that gained subscriptions** keeps the runnable events written before,
   under its own name, which no handler takes any more. Listeners fan them out to the
   subscriptions (``fan_out``) at start and then every purge interval, so they are handled
@@ -22,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connections, transaction
+from django.utils import timezone
 
 from eventbus import sql
 from eventbus.declaring import registry
@@ -50,23 +52,39 @@ class Backfilled:
 
 
 def backfill(
-    queue: str, since: datetime, source: str | None = None, alias: str = "default"
+    queue: str,
+    since: datetime,
+    source: str | None = None,
+    alias: str = "default",
+    until: datetime | None = None,
 ) -> Backfilled:
-    """Copy the channel's changes since `since` that `queue` never received (read from
-    `source` alone if given, else from every other queue of the channel)."""
-    channel = registry.base_name(queue)
-    if queue == channel:
-        raise ValueError(f"{queue}: name one subscription (<channel>:<subscription>) to backfill")
-    if source is not None and registry.base_name(source) != channel:
-        raise ValueError(f"--backfill-from {source}: not a queue of channel {channel}")
+    """Copy the channel's changes from `since` (to `until`, default now) that `queue` does
+    not hold, read from `source` alone if given, else from every other queue of the
+    channel. Raises ValueError for a queue that is not a declared subscription, and for
+    an ordered channel (its history would run after newer events of the same keys)."""
+    channel = registry.channel(queue)
+    if channel is None or queue not in channel.queues or queue == channel.name:
+        known = ", ".join(q for c in registry.channels() for q in c.queues if q != c.name)
+        raise ValueError(
+            f"{queue}: unknown subscription; name a declared one, <channel>:<subscription> "
+            f"(declared: {known or 'none'})"
+        )
+    if channel.ordered:
+        raise ValueError(
+            f"{queue}: channel {channel.name} is ordered, and copies of its history would run "
+            "after newer events of the same keys; backfill is refused for ordered channels"
+        )
+    if source is not None and registry.base_name(source) != channel.name:
+        raise ValueError(f"--backfill-from {source}: not a queue of channel {channel.name}")
     params = {
         "queue": queue,
-        "channel": channel,
-        "prefix": f"{channel}:%",
+        "channel": channel.name,
         "source": source,
         "since": since,
+        "until": until or timezone.now(),
     }
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(sql.BACKFILL_LOCK, [queue])
         cursor.execute(sql.BACKFILL, params)
         count, first, last = cursor.fetchone()
         if count:

@@ -8,12 +8,13 @@ import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 
 from eventbus import conf
 from eventbus.declaring import wiring
 from eventbus.management.commands import _options
 from eventbus.operating import recovery
-from eventbus.operating.backfill import backfill
+from eventbus.operating.backfill import backfill, fan_out
 from eventbus.operating.progress import Progress
 
 PROGRESS_FROM = 500  # events: below this a replay is quick enough without progress
@@ -67,8 +68,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--backfill-from",
             metavar="QUEUE",
-            help="the queue to copy from with --backfill (default: the channel's queue with "
-            "the most events since --since; the channel's own name if it had no subscriptions)",
+            help="the one queue to copy from with --backfill (default: every other queue of "
+            "the channel, the channel's own name included, each change once)",
         )
         parser.add_argument(
             "--dry-run", action="store_true", help="count what would be replayed; change nothing"
@@ -89,6 +90,9 @@ class Command(BaseCommand):
         if options["backfill"] or options["backfill_from"]:
             self._backfill(options, alias)
         requested = _options.stored_channels(options["channel"], alias)
+        if not options["dry_run"]:  # what waits under a converted channel's own name
+            with connections[alias].cursor() as cursor:  # goes to its subscriptions first
+                fan_out(wiring.handled_channels(requested), cursor)
         scope = recovery.scope_for(
             requested,
             _options.timestamp(options["since"]),
