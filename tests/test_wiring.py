@@ -243,3 +243,23 @@ def test_removing_a_channel_by_migration_drops_its_trigger_functions(
     assert migrated.trigger_functions("pgtrigger_eb_product_tagged_%") == []
     assert migrated.trigger_functions("pgtrigger_eb_group_changed_%") != []
     assert "eventbus." not in migrated.ok("check", **removed)
+
+
+@pytest.mark.django_db
+def test_check_compares_the_triggers_however_it_is_run_and_other_commands_do_not() -> None:
+    """`call_command("check")` (a deploy script, a test) compares too; the checks that
+    every other command runs, migrate's among them, never do."""
+    from django.core import checks
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'pgtrigger_eb_comment_created%'"
+        )
+        (name,) = cursor.fetchone()
+        cursor.execute(f'DROP TRIGGER "{name}" ON blog_comment')  # undone with the test
+    with pytest.raises(SystemCheckError, match=r"eventbus\.E020.*comment_created"):
+        call_command("check")
+    assert "eventbus.E020" not in {m.id for m in checks.run_checks()}

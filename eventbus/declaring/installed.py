@@ -10,8 +10,9 @@ difference. ``manage.py check`` prints it; ``listen`` refuses to start on an err
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -215,11 +216,20 @@ def require_installed(alias: str) -> list[Difference]:
     return differences
 
 
-def _running_check_command() -> bool:
-    """True under `manage.py check`. Every other command (migrate, runserver, pgtrigger
-    install, the very commands that fix a difference) runs the system checks too, and must
-    not be stopped by them nor pay for the database round trips."""
-    return sys.argv[1:2] == ["check"]
+_comparing: ContextVar[bool] = ContextVar("eventbus_compare_triggers", default=False)
+
+
+@contextmanager
+def comparing() -> Iterator[None]:
+    """Compare the database's triggers in the system checks run inside (`manage.py check`,
+    which eventbus extends: eventbus/management/commands/check.py). Every other command
+    (migrate, runserver, pgtrigger install, the very commands that fix a difference) runs
+    the system checks too, and must not be stopped by them nor pay for the round trips."""
+    token = _comparing.set(True)
+    try:
+        yield
+    finally:
+        _comparing.reset(token)
 
 
 @checks.register("eventbus")
@@ -227,7 +237,7 @@ def check_installed(
     app_configs: Any = None, databases: list[str] | None = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
     """eventbus.E020-E022, W020-W022: the database holds the triggers the channels need."""
-    if not _running_check_command():
+    if not _comparing.get():
         return []
     found: list[checks.CheckMessage] = []
     for alias in databases or [conf.get().DATABASE_ALIAS]:
