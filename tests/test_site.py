@@ -88,10 +88,13 @@ def test_a_database_that_does_not_exist_is_one_line_with_the_remedy(command: str
     )
 
 
-def test_listen_in_any_project_names_the_missing_database_and_the_remedy() -> None:
+@pytest.mark.parametrize("command", [("events",), ("recover",), ("listen",)])
+def test_eventbus_commands_in_any_project_name_the_missing_database_and_the_remedy(
+    command: tuple[str, ...],
+) -> None:
     """eventbus's own refusal, without the reference site's manage.py handling it."""
     result = manage(
-        "listen",
+        *command,
         env={
             "DATABASE_URL": missing_database_url(),
             "DJANGO_SETTINGS_MODULE": "tests.bare_settings",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from eventbus.management.commands._base import EventbusCommand
 from eventbus.operating import roles
 
 
-class Command(BaseCommand):
+class Command(EventbusCommand):
     help = (
         "Print idempotent SQL that creates ROLE with only what a listener needs: the event "
         "tables, and the models its handlers read (--read), update (--update) or write "

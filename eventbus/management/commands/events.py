@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
 from eventbus import conf
 from eventbus.declaring import wiring
 from eventbus.event import DONE, RUNNABLE, STATES
 from eventbus.management.commands import _options
+from eventbus.management.commands._base import EventbusCommand
 from eventbus.models import EventRecord
 from eventbus.operating import maintenance, status
 from eventbus.sql import Scope
@@ -58,7 +59,7 @@ def _cell(name: str, value: Any) -> str:
     return text
 
 
-class Command(BaseCommand):
+class Command(EventbusCommand):
     help = (
         "List events (a table, or --json); `events retry` re-queues failed or dead "
         "events; `events purge` deletes events in batches (done or dead history; pending "

@@ -7,12 +7,13 @@ import sys
 import threading
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import connections
 
 from eventbus import conf
 from eventbus.declaring import wiring
 from eventbus.management.commands import _options
+from eventbus.management.commands._base import EventbusCommand
 from eventbus.operating import recovery
 from eventbus.operating.backfill import backfill, fan_out
 from eventbus.operating.progress import Progress
@@ -20,7 +21,7 @@ from eventbus.operating.progress import Progress
 PROGRESS_FROM = 500  # events: below this a replay is quick enough without progress
 
 
-class Command(BaseCommand):
+class Command(EventbusCommand):
     help = (
         "Replay pending and failed events (dead ones with --dead) through the normal claim "
         "path, coming back for events of ordered channels held back behind an older one of "
