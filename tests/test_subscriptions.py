@@ -373,3 +373,23 @@ def test_captured_events_name_their_subscription(gadgets: None) -> None:
     ]
     assert len(events.of("test_fanned")) == 2
     assert events.one("test_fanned:search_index").subscription == "search_index"
+
+
+def test_a_settings_entry_that_names_no_channel_is_a_warning() -> None:
+    from django.core import checks
+    from django.test import override_settings
+
+    entries = {"test_fanned:serch_index": {"timeout": 5}, "test_fanned:search_index": {}}
+    with override_settings(EVENTBUS={"LISTENER_MODULES": ["listeners"], "CHANNELS": entries}):
+        found = [m for m in checks.run_checks(tags=["eventbus"]) if m.id == "eventbus.W002"]
+    assert [m.msg.split(". ")[0] for m in found] == [
+        'EVENTBUS["CHANNELS"] names what no channel declares: test_fanned:serch_index'
+    ]
+
+
+@pytest.mark.usefixtures("scratch")
+def test_a_second_on_dead_hook_is_an_error() -> None:
+    single = Channel("test_two_hooks", operations=())
+    single.on_dead(lambda event, error: None)
+    with pytest.raises(ValueError, match="already has the on_dead hook"):
+        single.on_dead(lambda event, error: None)

@@ -70,6 +70,13 @@ def set_handler(queue: str, registration: Registration) -> None:
 
 
 def set_dead_hook(channel_name: str, hook: Callable[..., Any]) -> None:
+    existing = _dead_hooks.get(channel_name)
+    if existing is not None and existing is not hook:
+        raise ValueError(
+            f"channel {channel_name!r} already has the on_dead hook "
+            f"{existing.__module__}.{existing.__qualname__}: one hook per channel (it sees "
+            "every subscription's deaths; event.subscription tells which)"
+        )
     _dead_hooks[channel_name] = hook
 
 

@@ -82,6 +82,24 @@ def check_handlers(**kwargs: Any) -> list[checks.CheckMessage]:
     ]
 
 
+@checks.register("eventbus")
+def check_channel_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    """`manage.py check` warns about EVENTBUS["CHANNELS"] entries that name nothing declared:
+    a misspelt name would silently leave the channel with its default timeout and retry."""
+    unknown = sorted(name for name in conf.get().CHANNELS if not registry.is_declared(name))
+    if not unknown:
+        return []
+    return [
+        checks.Warning(
+            f'EVENTBUS["CHANNELS"] names what no channel declares: {", ".join(unknown)}. '
+            "Its timeout and retry apply to nothing.",
+            hint="Name a declared channel, or one of its subscriptions (channel:subscription). "
+            f"Declared: {', '.join(registry.queue_names())}",
+            id="eventbus.W002",
+        )
+    ]
+
+
 @dataclass(frozen=True)
 class Unhandled:
     """Runnable events of a channel that no live listener handles."""
