@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from eventbus.declaring import registry
+
 PENDING = "pending"
 DONE = "done"
 FAILED = "failed"  # the last attempt failed; runs again at run_after
@@ -44,13 +46,12 @@ class Event:
     @property
     def channel(self) -> str:
         """The channel's name (without the subscription)."""
-        return self.queue.split(":", 1)[0]
+        return registry.base_name(self.queue)
 
     @property
     def subscription(self) -> str | None:
         """The subscription this event is for, or None on a channel without them."""
-        _, _, name = self.queue.partition(":")
-        return name or None
+        return registry.subscription_name(self.queue)
 
     @property
     def row(self) -> dict[str, Any]:

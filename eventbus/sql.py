@@ -471,6 +471,7 @@ def discard(ids: Sequence[int], reason: str) -> tuple[sql.Composed, dict[str, An
 
 
 def publish(
+    channel: str,
     queues: Sequence[str],
     payload: dict[str, Any],
     key: str | None,
@@ -492,7 +493,6 @@ def publish(
         "RETURNING id) "
         "SELECT min(e.id), CASE WHEN %s THEN pg_notify('eventbus_' || %s, '') END FROM e"
     ).format(table=TABLE)
-    channel = queues[0].split(":", 1)[0]
     lock = ordered and key is not None
     return query, [
         *(key, json.dumps(payload), ordered),

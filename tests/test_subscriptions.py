@@ -304,7 +304,9 @@ def test_a_subscription_added_later_can_replay_the_channels_history_once() -> No
         trio = Channel("test_trio", operations=(), subscriptions=["a", "b", "c"])
         with connection.cursor() as cursor:
             for n in range(2):  # written when only "a" and "b" existed
-                cursor.execute(*sql.publish(["test_trio:a", "test_trio:b"], {"n": n}, None, False))
+                cursor.execute(
+                    *sql.publish("test_trio", ["test_trio:a", "test_trio:b"], {"n": n}, None, False)
+                )
         assert backfill("test_trio:c", since=start).count == 2
         assert trio.queues[2] == "test_trio:c"
 

@@ -254,6 +254,7 @@ class Channel:
         with connections[using].cursor() as cursor:
             cursor.execute(
                 *queries.publish(
+                    self.name,
                     self.queues,
                     payload,
                     None if key is None else str(key),

@@ -117,20 +117,10 @@ def _declared(alias: str, migrations: _Migrations) -> Iterable[Difference]:
             f"table {model._meta.db_table}"
         )
         uri = trigger.get_uri(model)
-        if status == core.UNINSTALLED:
-            yield Difference(
-                "eventbus.E020",
-                f"{what} is not installed: writes to that table make no events.",
-                _remedy(migrations, model, trigger, uri),
-                model,
-            )
-        elif status == core.OUTDATED:
-            yield Difference(
-                "eventbus.E021",
-                f"{what} is outdated: the database runs an older body than the code declares.",
-                _remedy(migrations, model, trigger, uri),
-                model,
-            )
+        if status in (core.UNINSTALLED, core.OUTDATED):
+            code, state = _NOT_RUNNING[status]
+            hint = _remedy(migrations, model, trigger, uri)
+            yield Difference(code, f"{what} {state}", hint, model)
         elif status == core.INSTALLED and not enabled:
             yield Difference(
                 "eventbus.E022",
@@ -138,6 +128,19 @@ def _declared(alias: str, migrations: _Migrations) -> Iterable[Difference]:
                 f"Run `manage.py pgtrigger enable {uri}`.",
                 model,
             )
+
+
+# What a declared trigger that does not run as declared is reported as: (id, state).
+_NOT_RUNNING = {
+    core.UNINSTALLED: (
+        "eventbus.E020",
+        "is not installed: writes to that table make no events.",
+    ),
+    core.OUTDATED: (
+        "eventbus.E021",
+        "is outdated: the database runs an older body than the code declares.",
+    ),
+}
 
 
 def _remedy(migrations: _Migrations, model: type[models.Model], trigger: Any, uri: str) -> str:

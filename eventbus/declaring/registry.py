@@ -46,6 +46,11 @@ def base_name(queue: str) -> str:
     return queue.split(SEPARATOR, 1)[0]
 
 
+def subscription_name(queue: str) -> str | None:
+    """The subscription of a queue name, or None for a channel's own queue."""
+    return queue.partition(SEPARATOR)[2] or None
+
+
 def add_channel(channel: Channel) -> None:
     existing = _channels.get(channel.name)
     if existing is not None and existing is not channel:

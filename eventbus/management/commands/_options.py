@@ -26,11 +26,9 @@ def channels(names: list[str] | None) -> tuple[str, ...] | None:
         return None
     unknown = sorted(name for name in set(names) if not registry.is_declared(name))
     if unknown:
-        known = registry.channel_names() + [
-            q for q in registry.queue_names() if q not in registry.channel_names()
-        ]
+        known = sorted({*registry.channel_names(), *registry.queue_names()})
         raise CommandError(
-            f"unknown channel(s): {', '.join(unknown)}. Declared: {', '.join(sorted(known))}"
+            f"unknown channel(s): {', '.join(unknown)}. Declared: {', '.join(known)}"
         )
     return registry.expand(names)
 
