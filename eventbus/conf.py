@@ -12,6 +12,7 @@ from django.conf import settings
 # Settings an operator may set per process from the environment (EVENTBUS_<NAME>).
 _ENVIRONMENT: dict[str, Any] = {
     "PROCESSES": int,
+    "CONCURRENCY": int,
     "LISTEN_DATABASE_URL": str,
     "HEALTH_INTERVAL": float,
     "FAULT_RATE": float,
@@ -37,6 +38,7 @@ _ENVIRONMENT: dict[str, Any] = {
 class Settings:
     LISTENER_MODULES: tuple[str, ...] = ()
     PROCESSES: int = 1  # listen's worker processes, unless --processes says otherwise
+    CONCURRENCY: int = 1  # handler slots (threads) per process, unless --concurrency says
     BATCH_SIZE: int = 100
     POLL_INTERVAL: float = 1.0  # seconds between table polls when no NOTIFY arrives
     SHUTDOWN_TIMEOUT: float = 10.0  # seconds a worker gets to finish its batch on stop

@@ -124,8 +124,11 @@ LEDGER_START = sql.SQL(
     # takes its start back itself once it reconnects), unless the caller sees that
     # worker's process is gone. A row under the caller's own name but not its last one
     # was written by a dead namesake (a reused pid).
+    # A worker running handler slots (listen --concurrency) writes as "host:pid#slot":
+    # its siblings' rows are alive while the process's heartbeat row is.
     "theirs AS (SELECT r.*, b.worker, b.worker <> %(worker)s AND EXISTS (SELECT 1 "
-    "FROM {workers} AS w WHERE w.name = b.worker AND w.started_at <= b.started_at "
+    "FROM {workers} AS w WHERE w.name = split_part(b.worker, '#', 1) "
+    "AND w.started_at <= b.started_at "
     "AND w.last_seen > now() - make_interval(secs => %(alive)s)) "
     "AS alive FROM {ledger} AS b CROSS JOIN LATERAL unnest(b.first_ids, b.last_ids, "
     "b.attempts) AS r(first_id, last_id, attempts) WHERE b.id <> %(previous)s), "
@@ -138,8 +141,9 @@ LEDGER_START = sql.SQL(
 ).format(ledger=LEDGER, workers=sql.Identifier("eventbus_worker"))
 
 LEDGER_FORGET = sql.SQL("DELETE FROM {ledger} WHERE id = %s").format(ledger=LEDGER)
-LEDGER_FORGET_WORKER = sql.SQL("DELETE FROM {ledger} WHERE worker = %s").format(
-    ledger=LEDGER, workers=sql.Identifier("eventbus_worker")
+# A worker's rows, its handler slots' ("host:pid#slot") included.
+LEDGER_FORGET_WORKER = sql.SQL("DELETE FROM {ledger} WHERE split_part(worker, '#', 1) = %s").format(
+    ledger=LEDGER
 )
 
 

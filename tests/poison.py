@@ -193,3 +193,25 @@ def chaos_mix(event: Event) -> None:
             with transaction.atomic():
                 Tag.objects.get_or_create(name=f"chaos-{event.id}-{n}")
             n += 1
+
+
+# Each handler waits until `meet` handlers have started (lines in the payload's "started"
+# file), or GIVE_UP seconds: its note says whether they met, so a test sees handlers that
+# ran at the same time without timing anything.
+rendezvous = Channel("containment_rendezvous", operations=(), retry=RetryPolicy(1))
+
+
+@rendezvous.on
+def wait_for_the_others(event: Event) -> None:
+    started, meet = event.new["started"], int(event.new["meet"])
+    with open(started, "a") as starts:
+        starts.write(f"{event.id}\n")
+    give_up = time.monotonic() + GIVE_UP
+    met = False
+    while time.monotonic() < give_up:
+        with open(started) as starts:
+            if len(starts.read().split()) >= meet:
+                met = True
+                break
+        time.sleep(0.01)
+    effect(event, "met" if met else "alone")

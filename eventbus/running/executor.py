@@ -50,7 +50,7 @@ from eventbus.integrations import routing
 from eventbus.operating import metrics
 from eventbus.running import faults
 from eventbus.running.errortext import describe, first_line
-from eventbus.running.ledger import CrashLedger, LedgerUnavailable
+from eventbus.running.ledger import CrashLedger, LedgerUnavailable, SideConnection
 from eventbus.running.liveness import Liveness
 from eventbus.running.timeouts import Deadline, loop_limit, time_limit
 
@@ -132,7 +132,11 @@ class Executor:
         alias: str = "default",
         should_stop: Callable[[], bool] = lambda: False,
         liveness: Liveness | None = None,
+        slot: int | None = None,
+        side: SideConnection | None = None,
     ) -> None:
+        """`slot`: this executor is one of a process's handler slots (threads); its crash
+        ledger rows are then its own, written through the process's shared `side`."""
         self.worker_name = worker_name
         self.alias = alias
         self.should_stop = should_stop
@@ -140,7 +144,8 @@ class Executor:
         self.policies = Policies()
         self.settings = settings = conf.get()
         self.fault_rate, self.fault_seed = settings.FAULT_RATE, settings.FAULT_SEED
-        self.ledger = CrashLedger(worker_name, alias)
+        ledger_name = worker_name if slot is None else f"{worker_name}#{slot}"
+        self.ledger = CrashLedger(ledger_name, alias, side)
         self._pins: dict[int, Any] = {}
         self.unstarted: list[int] = []  # claimed by the last batch but left pending
         self._baseline: tuple[Any, ...] = ()  # Django's bookkeeping inside the claim
@@ -150,6 +155,7 @@ class Executor:
         self._client_binding = not options.get("server_side_binding")
         self._transients: dict[int, int] = {}  # this batch's events' transient errors so far
         self._fits = 2**31  # events the last claim transaction could handle (see _claim_size)
+        self.on_full_claim: Callable[[], None] = lambda: None
 
     # --- A batch ---------------------------------------------------------------------
 
@@ -210,6 +216,8 @@ class Executor:
                 self._transients = {row[0]: row[10] for row in rows if row[10]}
                 if not claims:
                     return []
+                if len(claims) >= limit:
+                    self.on_full_claim()  # more may be due: handler slots bring in another
                 ids = [e.id for e in claims]
                 unfinished = self.ledger.started([(e.id, e.attempt - 1) for e in claims])
                 recorded = True

@@ -11,6 +11,7 @@ deleted in the same statement as the worker's next row: one round trip per batch
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -39,15 +40,52 @@ def close_all() -> None:
         ledger.close()
 
 
-class CrashLedger:
-    def __init__(self, worker: str, alias: str = "default") -> None:
-        self.worker = worker
+class SideConnection:
+    """The autocommitted connection a ledger writes through, shareable by the handler
+    slots of one process (``listen --concurrency``): one connection, one writer at a time."""
+
+    def __init__(self, alias: str = "default") -> None:
         self.alias = alias
         self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    def execute(self, query: Any, params: Any) -> Any:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._close()
+                    self._conn = connect_side(self.alias)
+                cursor = self._conn.execute(query, params)
+                return cursor.fetchone() if cursor.description else None
+            except psycopg.Error as exc:  # never the event's fault: the worker backs off
+                self._close()  # reconnect on the next write
+                raise LedgerUnavailable(f"crash ledger: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+
+class CrashLedger:
+    """One writer's starts. `worker` is the process's name (``host:pid``), or
+    ``host:pid#slot`` for a handler slot, whose siblings' rows then look alive."""
+
+    def __init__(
+        self, worker: str, alias: str = "default", side: SideConnection | None = None
+    ) -> None:
+        self.worker = worker
+        self.alias = alias
+        self._side = side or SideConnection(alias)
         self.batch = 0  # this worker's last row: committed, or in flight now
         # A row whose worker sent a heartbeat this recently is no crash (see sql.LEDGER_START)
         self.alive_within = 3 * conf.get().HEALTH_INTERVAL
-        self._host = worker.rpartition(":")[0]
+        self._host = _process(worker)[0]
         self._next_collect = time.monotonic() + COLLECT_INTERVAL
         _open.add(self)
 
@@ -74,7 +112,7 @@ class CrashLedger:
         """A worker of this host whose process is gone died, whatever its heartbeat row
         says yet (its supervisor removes the row a moment after; a sibling may claim its
         events first)."""
-        host, _, pid = worker.rpartition(":")
+        host, pid = _process(worker)
         return host == self._host and pid.isdigit() and not pid_alive(int(pid))
 
     def forget(self) -> None:
@@ -91,18 +129,13 @@ class CrashLedger:
             self._execute(*sql.ledger_collect(COLLECT_AGE))
 
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
+        self._side.close()
 
     def _execute(self, query: Any, params: Any) -> Any:
-        try:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self.close()
-                self._conn = connect_side(self.alias)
-            cursor = self._conn.execute(query, params)
-            return cursor.fetchone() if cursor.description else None
-        except psycopg.Error as exc:  # never the event's fault: the worker backs off
-            self.close()  # reconnect on the next write
-            raise LedgerUnavailable(f"crash ledger: {exc}") from exc
+        return self._side.execute(query, params)
+
+
+def _process(worker: str) -> tuple[str, str]:
+    """(host, pid) of a ledger writer's name, a slot's ``#n`` left off."""
+    host, _, pid = worker.partition("#")[0].rpartition(":")
+    return host, pid

@@ -29,6 +29,7 @@ from eventbus.running.executor import Executor
 from eventbus.running.ledger import LedgerUnavailable
 from eventbus.running.liveness import Liveness
 from eventbus.running.notifier import Notifier
+from eventbus.running.slots import Slots
 from eventbus.sql import Scope
 
 log = logging.getLogger("eventbus.worker")
@@ -58,6 +59,7 @@ class WorkerOptions:
     health_interval: float = 10.0  # seconds between pings through the listen connection
     done_retention: float | None = None  # seconds; None: keep done events forever
     purge_interval: float = 60.0
+    concurrency: int = 1  # handler slots (threads) per process; see eventbus.running.slots
 
 
 def worker_host() -> str:
@@ -81,6 +83,20 @@ class Worker:
         self.scope = Scope(
             channels=self.channels, ordered_channels=tuple(registry.ordered_channel_names())
         )
+        self.slots = (
+            Slots(
+                options.concurrency,
+                self.name,
+                self.scope,
+                options.batch_size,
+                options.alias,
+                should_stop=lambda: self._stopping,
+                connection_errors=CONNECTION_ERRORS,
+                reconnect_max_delay=options.reconnect_max_delay,
+            )
+            if options.concurrency > 1
+            else None
+        )
         self._stopping = False
         self._first_heartbeat = True  # this process's first: it (re)starts the row
         self._parent_pid = os.getppid()
@@ -102,10 +118,15 @@ class Worker:
         self._stopping = True
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"\0")
+        if self.slots is not None:
+            self.slots.stop()
 
     def run(self) -> None:
         channels = ", ".join(self.options.channels or ["all"])
-        log.info("worker %s started (channels: %s)", self.name, channels)
+        slots = f", {self.slots.count} handler slots" if self.slots else ""
+        log.info("worker %s started (channels: %s%s)", self.name, channels, slots)
+        if self.slots is not None:
+            self.slots.start()
         delay = 0.5
         while not self._stopping:
             try:
@@ -114,10 +135,10 @@ class Worker:
                     health = Health(self.options.health_interval)
                     self._name_claim_connection()
                     self._fan_out()
-                    self.drain()
+                    self._drain_or_wake()
                     next_poll = time.monotonic() + self.options.poll_interval
                     while not self._stopping:
-                        self.liveness.beat()
+                        self._beat()
                         if health.ping_due():
                             self._ping()
                             health.sent()
@@ -132,8 +153,10 @@ class Worker:
                         health.check()  # raises ListenConnectionSilent
                         self._stop_if_orphaned()
                         if woken or time.monotonic() >= next_poll:
-                            self.drain()
+                            self._drain_or_wake()
                             next_poll = time.monotonic() + self.options.poll_interval
+                        elif self.slots is not None:
+                            self._heartbeat_if_due()
                         self._purge_if_due()
             except CONNECTION_ERRORS as exc:
                 if self._stopping:
@@ -161,11 +184,26 @@ class Worker:
                 self._close_claim_connection()
                 self._sleep(delay)
                 delay = min(delay * 2, self.options.reconnect_max_delay)
+        if self.slots is not None:
+            self.slots.join()  # each slot finishes its batch in flight; the supervisor waits
         with contextlib.suppress(Exception):
             self.executor.close()
         self._forget()
         self._close_claim_connection()
         log.info("worker %s stopped", self.name)
+
+    def _drain_or_wake(self) -> None:
+        if self.slots is not None:
+            self._heartbeat_if_due()
+            self.slots.wake()
+        else:
+            self.drain()
+
+    def _beat(self) -> None:
+        """Tell the supervisor this process makes progress; with handler slots, only while
+        none of them is stuck beyond its handler's allowance."""
+        if self.slots is None or not self.slots.hung():
+            self.liveness.beat()
 
     def drain(self) -> int:
         """Claim and handle batches until the scope is empty or a stop is requested."""

@@ -31,6 +31,13 @@ class Command(BaseCommand):
             help=f"worker processes (default {settings.PROCESSES}; EVENTBUS_PROCESSES)",
         )
         parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=settings.CONCURRENCY,
+            help="handlers each process runs at once, one thread and one database "
+            f"connection each (default {settings.CONCURRENCY}; EVENTBUS_CONCURRENCY)",
+        )
+        parser.add_argument(
             "--channels", nargs="+", metavar="NAME", help="channels to handle (default: all)"
         )
         parser.add_argument(
@@ -57,6 +64,8 @@ class Command(BaseCommand):
         settings = conf.get()
         if options["processes"] < 1:
             raise CommandError("--processes must be at least 1")
+        if options["concurrency"] < 1:
+            raise CommandError("--concurrency must be at least 1")
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
         if options["poll_interval"] <= 0:
@@ -75,6 +84,7 @@ class Command(BaseCommand):
             health_interval=settings.HEALTH_INTERVAL,
             done_retention=settings.DONE_RETENTION,
             purge_interval=settings.PURGE_INTERVAL,
+            concurrency=options["concurrency"],
         )
         logs.configure(options["log_format"])
         _require_migrated(settings.DATABASE_ALIAS)
