@@ -116,6 +116,8 @@ def overrun_limit(event: Event) -> None:
     elif do == "query":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_sleep(%s)", [GIVE_UP])
+    elif do == "block":  # one C call that nothing interrupts (a socket read with no timeout)
+        time.sleep(GIVE_UP)
     else:
         raise ValueError(f"unknown behaviour {do!r}")
     if do != "fast":

@@ -213,3 +213,31 @@ def test_sigterm_with_busy_slots_commits_what_they_finish_and_leaves_the_rest_pe
     assert 4 <= len(done) < len(ids)
     for record in EventRecord.objects.filter(pk__in=ids).exclude(state="done"):
         assert (record.state, record.attempts, record.last_error) == ("pending", 0, None)
+
+
+def test_a_slot_stuck_past_its_timeout_gets_its_process_restarted(
+    start_listener: StartListener,
+) -> None:
+    """One slot blocked in a C call past its 50 ms timeout, while the other slots keep
+    handling: the process stops vouching for itself, the supervisor kills it as hung after
+    the grace and restarts it, and after CRASH_LIMIT such deaths the event is dead."""
+    with transaction.atomic():
+        stuck = publish("containment_overrun", do="block")
+        fast = [publish("containment_overrun", do="fast") for _ in range(20)]
+    listener = start_listener(
+        "--processes",
+        "1",
+        "--concurrency",
+        "4",
+        env_extra={**POISONED, "EVENTBUS_HANG_GRACE": "1"},
+    )
+    wait_until(
+        lambda: states([stuck])[stuck] == "dead",
+        60,
+        what=f"the stuck event to be resolved ({states([stuck])}); log:\n{listener.log()}",
+    )
+    assert "hung: no progress" in listener.log()
+    record = EventRecord.objects.get(pk=stuck)
+    assert "worker died while handling this event 3 times" in record.last_error
+    assert set(states(fast).values()) == {"done"}
+    assert db_effects() == Counter(fast)

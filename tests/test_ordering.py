@@ -68,11 +68,16 @@ def test_a_failing_event_holds_back_only_its_own_key(author: User) -> None:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "slots",
+    [(), ("--concurrency", "4")],
+    ids=["processes", "processes-with-handler-slots"],
+)
 def test_edits_are_handled_in_commit_order_across_processes(
-    start_listener: Callable[..., Listener], author: User
+    start_listener: Callable[..., Listener], author: User, slots: tuple[str, ...]
 ) -> None:
     posts = [Post.objects.create(title=str(i), body="start", author=author) for i in range(4)]
-    start_listener("--processes", "2", "--batch-size", "2", workers=2)
+    start_listener("--processes", "2", "--batch-size", "2", *slots, workers=2)
 
     def writer(seed: int) -> None:
         rng = random.Random(seed)
