@@ -158,7 +158,12 @@ def test_no_event_lost_or_doubled_under_chaos(
 POISON = {"exit": 2, "nul": 3, "orm": 3}  # events of each kind of poison in the stream
 
 
-def test_poison_events_never_stall_the_queue_and_die_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "slots", [(), ("--concurrency", "4")], ids=["processes", "processes-with-handler-slots"]
+)
+def test_poison_events_never_stall_the_queue_and_die_alone(
+    tmp_path: Path, slots: tuple[str, ...]
+) -> None:
     """A stream with events that kill their worker, raise a NUL in their error, or run past
     their timeout inside the ORM, among innocent and slow ones, while a listener is stopped
     with SIGTERM mid-batch and started again. The queue keeps moving, exactly the poison
@@ -183,7 +188,7 @@ def test_poison_events_never_stall_the_queue_and_die_alone(tmp_path: Path) -> No
         EVENTBUS_SHUTDOWN_TIMEOUT="8",
     )
     logs = iter(tmp_path / f"listen-{i}.log" for i in range(100))
-    args = ("--processes", "2", "--batch-size", "20", "--poll-interval", "0.2")
+    args = ("--processes", "2", "--batch-size", "20", "--poll-interval", "0.2", *slots)
     steady = Listener(next(logs), *args, env=env)
     restarted = [Listener(next(logs), *args, env=env)]
 

@@ -241,3 +241,28 @@ def test_a_slot_stuck_past_its_timeout_gets_its_process_restarted(
     assert "worker died while handling this event 3 times" in record.last_error
     assert set(states(fast).values()) == {"done"}
     assert db_effects() == Counter(fast)
+
+
+def test_idle_slots_never_make_their_process_look_hung(start_listener: StartListener) -> None:
+    """Slots waiting for work beat every second; with a 1 s hang grace a listener left
+    idle for several seconds keeps its worker (reproduced before: it was killed as hung
+    whenever a slot was between two beats)."""
+    listener = start_listener(
+        "--processes",
+        "1",
+        "--concurrency",
+        "4",
+        env_extra={**POISONED, "EVENTBUS_HANG_GRACE": "1"},
+        workers=1,
+    )
+    worker = listener.worker_pids()
+    began = time.monotonic()
+    wait_until(
+        lambda: time.monotonic() - began > 6 or "hung" in listener.log(),
+        20,
+        what="six idle seconds",
+    )
+    assert "hung" not in listener.log(), listener.log()
+    assert listener.worker_pids() == worker
+    pk = publish("containment_slow", sleep=0)
+    wait_until(lambda: states([pk])[pk] == "done", 10, what="an event after the idle time")

@@ -52,6 +52,7 @@ from eventbus.running import faults
 from eventbus.running.errortext import describe, first_line
 from eventbus.running.ledger import CrashLedger, LedgerUnavailable, SideConnection
 from eventbus.running.liveness import Liveness
+from eventbus.running.quarantine import Quarantine
 from eventbus.running.timeouts import Deadline, loop_limit, time_limit
 
 from_row = Event.from_row
@@ -156,6 +157,7 @@ class Executor:
         self._transients: dict[int, int] = {}  # this batch's events' transient errors so far
         self._fits = 2**31  # events the last claim transaction could handle (see _claim_size)
         self.on_full_claim: Callable[[], None] = lambda: None
+        self.quarantine: Quarantine | None = None  # handler slots: suspects run alone
 
     # --- A batch ---------------------------------------------------------------------
 
@@ -204,8 +206,9 @@ class Executor:
         raw = None  # the psycopg connection the claim ran on
         if self._forget_pending:
             self._forget_lost_start()
+        handling = contextlib.ExitStack()  # the slots' quarantine, held while handlers run
         try:
-            with routing.pinned(self.alias), transaction.atomic(using=self.alias):
+            with routing.pinned(self.alias), transaction.atomic(using=self.alias), handling:
                 self._baseline = _bookkeeping(connection)
                 with connection.cursor() as cursor:
                     raw = connection.connection
@@ -219,11 +222,21 @@ class Executor:
                 if len(claims) >= limit:
                     self.on_full_claim()  # more may be due: handler slots bring in another
                 ids = [e.id for e in claims]
-                unfinished = self.ledger.started([(e.id, e.attempt - 1) for e in claims])
+                starts = [(e.id, e.attempt - 1) for e in claims]
+                if self.quarantine is not None:
+                    handling.enter_context(self.quarantine.shared(self.liveness.beat))
+                unfinished = self.ledger.started(starts)
                 recorded = True
                 if unfinished and len(claims) > 1:
                     self.ledger.forget()  # this start never happened: each runs alone now
                     raise _RunAlone(ids)  # rolls the claim back; no handler has run
+                if unfinished and self.quarantine is not None:
+                    # A suspect: no start of it is on record while it waits for the
+                    # process's other slots to finish, and none of theirs while it runs.
+                    self.ledger.forget()
+                    handling.close()
+                    handling.enter_context(self.quarantine.exclusive(self.liveness.beat))
+                    unfinished = self.ledger.started(starts)
                 with _releases_deferred(connection):
                     if unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
                         # The start just recorded stays: if the on_dead hook kills the

@@ -37,10 +37,12 @@ from eventbus.operating import metrics
 from eventbus.running.executor import Executor, Outcome
 from eventbus.running.ledger import SideConnection
 from eventbus.running.liveness import Liveness
+from eventbus.running.quarantine import Quarantine
 
 log = logging.getLogger("eventbus.worker")
 
 BEAT_INTERVAL = 1.0  # seconds a waiting slot sleeps before it beats again
+SLOT_GRACE = 3.0  # seconds a slot may be silent beyond its handler's allowance (3 beats)
 CLAIM_SECONDS = 0.02  # handler time a slot claims at once (claiming costs about 1 ms)
 
 
@@ -78,6 +80,7 @@ class Slots:
         self.connection_errors = connection_errors
         self.reconnect_max_delay = reconnect_max_delay
         self.side = SideConnection(alias)  # the crash ledger's, shared by the slots
+        self.quarantine = Quarantine()
         self.liveness = [Liveness([time.monotonic(), 0.0]) for _ in range(count)]
         self._cond = threading.Condition()
         self._wakeups = 0  # drains asked for and not yet begun (at most `count`)
@@ -117,9 +120,9 @@ class Slots:
         self.side.close()
 
     def hung(self) -> bool:
-        """Some slot is silent beyond its handler's allowance: the process stops beating,
-        and its supervisor kills it after the grace (as for a single worker)."""
-        return any(cells.overdue(0.0) is not None for cells in self.liveness)
+        """Some slot is silent beyond its handler's allowance (and a few beats): the
+        process stops beating, and its supervisor kills it after the hang grace."""
+        return any(cells.overdue(SLOT_GRACE) is not None for cells in self.liveness)
 
     def busy(self) -> int:
         return sum(1 for cells in self.liveness if cells.allowance())
@@ -137,6 +140,7 @@ class Slots:
             side=self.side,
         )
         executor.on_full_claim = self.wake_idle  # at once, before its handlers run
+        executor.quarantine = self.quarantine
         delay = 0.5
         size = [1]
         try:
