@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--comments", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=1, help="listen --concurrency")
     args = parser.parse_args()
 
     url = fresh_database(BENCH_DB)
@@ -40,6 +41,8 @@ def main() -> None:
     post = Post.objects.create(title="Benchmarks", body="numbers", author=alice)
 
     smtp = SMTPServer().start()
+    plain = plain_smtplib_rate(smtp.port, min(args.comments, 5000))
+    smtp.mailbox.messages.clear()
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -57,6 +60,8 @@ def main() -> None:
             str(args.processes),
             "--batch-size",
             str(args.batch_size),
+            "--concurrency",
+            str(args.concurrency),
         ],
         cwd=ROOT,
         env=env,
@@ -92,23 +97,51 @@ def main() -> None:
         "comments": args.comments,
         "processes": args.processes,
         "batch_size": args.batch_size,
+        "concurrency": args.concurrency,
         "insert_seconds": round(inserted - started, 3),
         "total_seconds": round(finished - started, 3),
         "events_per_second": round(args.comments / (finished - started)),
         "emails": len(ids),
         "duplicates": len(ids) - len(set(ids)),
+        "plain_smtplib_per_second": round(plain),
     }
+    result["fraction_of_plain_smtplib"] = round(result["events_per_second"] / plain, 2)
     print(
-        f"{'comments':>10} {'processes':>10} {'seconds':>8} {'events/s':>9} "
-        f"{'emails':>7} {'doubles':>8}"
+        f"{'comments':>10} {'processes':>10} {'slots':>6} {'seconds':>8} {'events/s':>9} "
+        f"{'emails':>7} {'doubles':>8} {'plain smtplib/s':>16} {'fraction':>9}"
     )
     print(
-        f"{result['comments']:>10} {result['processes']:>10} {result['total_seconds']:>8} "
-        f"{result['events_per_second']:>9} {result['emails']:>7} {result['duplicates']:>8}"
+        f"{result['comments']:>10} {result['processes']:>10} {args.concurrency:>6} "
+        f"{result['total_seconds']:>8} {result['events_per_second']:>9} {result['emails']:>7} "
+        f"{result['duplicates']:>8} {result['plain_smtplib_per_second']:>16} "
+        f"{result['fraction_of_plain_smtplib']:>9}"
     )
     print(json.dumps(result))
     if result["duplicates"] or result["emails"] != args.comments:
         sys.exit(1)
+
+
+def plain_smtplib_rate(port: int, n: int) -> float:
+    """Messages per second the same sink takes from plain smtplib: one connection, the
+    messages built beforehand, as a comment email (headers, a quoted body) would be."""
+    import smtplib
+    from email.message import EmailMessage
+
+    messages = []
+    for i in range(n):
+        message = EmailMessage()
+        message["Subject"] = 'New comment on "Benchmarks"'
+        message["From"] = "webmaster@localhost"
+        message["To"] = "alice@example.com"
+        message["Message-ID"] = f"<plain.{i}@localhost>"
+        message["X-Eventbus-Event"] = str(i)
+        message.set_content(f'bob commented on your post "Benchmarks":\n\n> comment {i}\n')
+        messages.append(message.as_bytes())
+    started = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        for raw in messages:
+            client.sendmail("webmaster@localhost", ["alice@example.com"], raw)
+    return n / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,19 @@ one unit of work per comment that inserts one row, on P = 2 worker processes:
 - procrastinate 3: one `task.defer(comment_id=id)` per comment after each commit, two
   `procrastinate worker` processes.
 Events per second from the first comment written to the last row inserted, measured in
-one run. Table 2: a local SMTP relay that answers after 50 ms per message, 500 comments,
-one email each: eventbus `--processes 2` and Celery's prefork (2), threads (32) and gevent
-(100) pools.
+one run. Tables 2 and 3: a local SMTP relay that answers after 50 ms (then 250 ms) per
+message, 1,000 comments, one email each: eventbus `--processes 2 --concurrency 32` (40 at
+250 ms), Celery's prefork (2, at 50 ms only), threads (32) and gevent (100) pools, and
+procrastinate (2 workers, concurrency 32), with each system's worker memory and the most
+database connections it held open.
 
 Tuning: every peer keeps its database connection across tasks (one per worker thread or
 greenlet; their Django integrations close it around every task by default), and SMTP
 connections too, as eventbus does. Each peer is installed in its own virtual environment
 under .eventbus/peer-venvs/ (cached). Celery is skipped when Redis does not answer.
 
-    ./run bench peers [--comments 10000] [--emails 500] [--delay-ms 50] [--full]
+    ./run bench peers [--comments 10000] [--emails 1000] [--delay-ms 50 --concurrency 32]
+        [--full]
         [--only eventbus celery procrastinate email] [--procrastinate-concurrency 8]
         [--listen-args '--concurrency 32']
 """
@@ -49,7 +52,7 @@ REQUIREMENTS = {
     "procrastinate": ["procrastinate>=3,<4", "psycopg[binary,pool]>=3.1"],
 }
 REDIS = os.environ.get("EVENTBUS_BENCH_REDIS", "127.0.0.1:6379")
-PROCESSES = 2
+PROCESSES = int(os.environ.get("PEERS_PROCESSES", "2"))
 ROW_TABLE = (
     "CREATE TABLE IF NOT EXISTS bench_peer_row "
     "(id bigserial PRIMARY KEY, comment_id bigint NOT NULL)"
@@ -174,12 +177,82 @@ class Bench:
                 ).fetchone()[0]
             )
 
-    def measure(self, start: Any, done: Any, n: int) -> tuple[float, float]:
-        """Run the producer (`start()` returns its first write's time); wait for `done()`."""
+    def measure(
+        self, start: Any, done: Any, n: int, workers: list[int] | None = None
+    ) -> tuple[float, float]:
+        """Run the producer (`start()` returns its first write's time); wait for `done()`.
+
+        With `workers` (the root pids of the system's worker processes), `self.usage`
+        then holds the most database connections seen open at once and the workers'
+        resident memory at the end (MB)."""
+        self.usage = Usage()
         started = start()
-        common.wait_for(done, 900, 0.02)
+
+        def finished() -> bool:
+            if workers:
+                self.usage.sample(self.url, workers)
+            return bool(done())
+
+        try:
+            common.wait_for(finished, 900, 0.02)
+        finally:
+            self.usage.close()
         seconds = time.time() - started
         return n / seconds, seconds
+
+
+class Usage:
+    """Database connections and worker memory, sampled while a system works."""
+
+    INTERVAL = 0.5  # seconds between samples: the relay shares this process's GIL
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.memory_mb = 0.0
+        self._next = 0.0
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def sample(self, url: str, roots: list[int]) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.INTERVAL
+        if self._conn is None:
+            self._conn = psycopg.connect(url, autocommit=True)
+        (n,) = self._conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchone()
+        self.connections = max(self.connections, int(n))
+        self.memory_mb = max(self.memory_mb, sum(rss_mb(pid) for pid in tree(roots)))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def tree(roots: list[int]) -> list[int]:
+    """The processes `roots` and all their descendants (Linux /proc)."""
+    found, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        try:
+            tasks = Path(f"/proc/{pid}/task").iterdir()
+            for task in tasks:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 # --- Table 1: one row per comment ---------------------------------------------------------
@@ -282,7 +355,7 @@ def slow_relay(delay: float) -> Any:
     return relay.start()
 
 
-def run_eventbus_email(bench: Bench, n: int, relay: Any, extra: list[str]) -> float:
+def run_eventbus_email(bench: Bench, n: int, relay: Any, concurrency: int) -> float:
     bench.reset(trigger=True)
     relay.mailbox.messages.clear()
     env = bench.env()
@@ -290,7 +363,8 @@ def run_eventbus_email(bench: Bench, n: int, relay: Any, extra: list[str]) -> fl
         bench.url,
         "--processes",
         str(PROCESSES),
-        *extra,
+        "--concurrency",
+        str(concurrency),
         env={
             "EVENTBUS_LISTENER_MODULES": "listeners",  # the reference site's email handler
             "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
@@ -304,6 +378,7 @@ def run_eventbus_email(bench: Bench, n: int, relay: Any, extra: list[str]) -> fl
             lambda: bench.produce(sys.executable, "eventbus", "send_email", n, env),
             lambda: len(relay.mailbox.messages) >= n,
             n,
+            workers=[listener.process.pid],
         )
         return rate
     finally:
@@ -321,11 +396,39 @@ def run_celery_email(bench: Bench, n: int, relay: Any, pool: str, concurrency: i
             lambda: bench.produce(python, "celery", "send_email", n, env),
             lambda: len(relay.mailbox.messages) >= n,
             n,
+            workers=[p.pid for p in workers.processes],
         )
         return rate
     finally:
         workers.stop()
         redis_command("DEL", env["PEERS_QUEUE"])
+
+
+def run_procrastinate_email(bench: Bench, n: int, relay: Any, concurrency: int) -> float:
+    python = peer_python("procrastinate")
+    bench.reset(trigger=False)
+    relay.mailbox.messages.clear()
+    env = bench.env(
+        PROCRASTINATE_APP="bench.peer_tasks.procrastinate_app.app", PEERS_SMTP_PORT=str(relay.port)
+    )
+    cli = str(python.parent / "procrastinate")
+    with psycopg.connect(bench.url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()[0]:
+            conn.execute("TRUNCATE procrastinate_jobs CASCADE")
+        else:
+            subprocess.run([cli, "schema", "--apply"], cwd=ROOT, env=env, check=True)
+    command = [cli, "--log-level", "warning", "worker", "--queues", env["PEERS_QUEUE"]]
+    workers = Workers([[*command, "--concurrency", str(concurrency)]] * PROCESSES, env)
+    try:
+        rate, _ = bench.measure(
+            lambda: bench.produce(python, "procrastinate", "send_email", n, env),
+            lambda: len(relay.mailbox.messages) >= n,
+            n,
+            workers=[p.pid for p in workers.processes],
+        )
+        return rate
+    finally:
+        workers.stop()
 
 
 # --- Main ---------------------------------------------------------------------------------
@@ -335,7 +438,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comments", type=int, help="table 1 (10,000; --full 100,000)")
     parser.add_argument("--emails", type=int, help="table 2 (500; --full 2,000)")
-    parser.add_argument("--delay-ms", type=float, default=50.0, help="the relay's delay")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        help="one relay table at this delay (default: 50 ms and 250 ms)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="eventbus's --concurrency with --delay-ms"
+    )
+    parser.add_argument(
+        "--relay-peers",
+        nargs="*",
+        default=list(ALL_POOLS),
+        help="the peers in the relay tables (none: eventbus alone)",
+    )
     parser.add_argument("--full", action="store_true")
     parser.add_argument(
         "--only", nargs="+", default=["eventbus", "celery", "procrastinate", "email"]
@@ -353,7 +469,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     n = args.comments or (100_000 if args.full else 10_000)
-    emails = args.emails or (2_000 if args.full else 500)
+    emails = args.emails or (5_000 if args.full else 1_000)
     extra = args.listen_args.split()
     redis_up = redis_command("PING") == b"+PONG\r\n"
     skipped = []
@@ -395,41 +511,107 @@ def main() -> None:
         "comment after each batch's commit, as transaction.on_commit does.",
         *skipped,
     ]
-    common.report(
-        "peers",
-        ["system", "setting", "comments", "seconds", "events_per_s", "eventbus_is_x"],
-        rows,
-        extra={"notes": notes},
-        notes=notes,
-    )
+    if rows:
+        common.report(
+            "peers",
+            ["system", "setting", "comments", "seconds", "events_per_s", "eventbus_is_x"],
+            rows,
+            extra={"notes": notes},
+            notes=notes,
+        )
 
     if "email" not in args.only:
         return
-    relay = slow_relay(args.delay_ms / 1000)
-    mail_rows = []
+    for delay_ms, concurrency, peers in relay_runs(args):
+        relay_table(bench, emails, delay_ms, concurrency, peers, redis_up, skipped)
+    bench.reset(trigger=True)
+
+
+def relay_runs(args: argparse.Namespace) -> list[tuple[float, int, tuple[str, ...]]]:
+    """(delay in ms, eventbus's --concurrency, the peers' pools) for each relay table."""
+    pools = tuple(args.relay_peers)
+    if args.delay_ms is not None:
+        return [(args.delay_ms, args.concurrency, pools)]
+    # At 250 ms a 2-process Celery prefork pool sends 8 emails/s: it is left out there.
+    return [(50.0, 32, pools), (250.0, 40, tuple(p for p in pools if p != "celery prefork"))]
+
+
+ALL_POOLS = ("celery prefork", "celery threads", "celery gevent", "procrastinate")
+POOL_SIZES = {"prefork": PROCESSES, "threads": 32, "gevent": 100}
+
+
+def relay_table(
+    bench: Bench,
+    emails: int,
+    delay_ms: float,
+    concurrency: int,
+    peers: tuple[str, ...],
+    redis_up: bool,
+    skipped: list[str],
+) -> None:
+    relay = slow_relay(delay_ms / 1000)
+    rows = []
+    bound = PROCESSES * concurrency / (delay_ms / 1000)
     try:
-        rate = run_eventbus_email(bench, emails, relay, extra)
-        mail_rows.append(
-            {"system": "eventbus", "setting": f"listen {listen}", "emails_per_s": rate}
+        rate = run_eventbus_email(bench, emails, relay, concurrency)
+        rows.append(
+            _relay_row(
+                "eventbus",
+                f"--processes {PROCESSES} --concurrency {concurrency}",
+                rate,
+                bench.usage,
+                f"{rate / bound:.2f} of {bound:,.0f}",
+            )
         )
-        if redis_up:
-            for pool, c in (("prefork", 2), ("threads", 32), ("gevent", 100)):
+        for peer in peers:
+            system, _, pool = peer.partition(" ")
+            if system == "celery" and redis_up:
+                c = POOL_SIZES[pool]
                 rate = run_celery_email(bench, emails, relay, pool, c)
-                mail_rows.append(
-                    {"system": "Celery", "setting": f"{pool}, {c}", "emails_per_s": rate}
+                rows.append(_relay_row("Celery", f"{pool}, {c}", rate, bench.usage))
+            elif system == "procrastinate":
+                rate = run_procrastinate_email(bench, emails, relay, 32)
+                rows.append(
+                    _relay_row("procrastinate", "2 workers, concurrency 32", rate, bench.usage)
                 )
     finally:
         relay.stop()
-        bench.reset(trigger=True)
-    for row in mail_rows:
-        row["emails_per_s"] = round(row["emails_per_s"], 1)
+    base = rows[0]["emails_per_s"]
+    for row in rows:
+        row["eventbus_is_x"] = round(base / row["emails_per_s"], 1) if row["emails_per_s"] else ""
     common.report(
-        f"peers: relay answering after {args.delay_ms:g} ms, {emails} emails",
-        ["system", "setting", "emails_per_s"],
-        mail_rows,
-        extra={"emails": emails, "delay_ms": args.delay_ms},
-        notes=[*skipped] if skipped else (),
+        f"peers: relay answering after {delay_ms:g} ms, {emails} emails",
+        [
+            "system",
+            "setting",
+            "emails_per_s",
+            "eventbus_is_x",
+            "of_bound",
+            "worker_mb",
+            "db_connections",
+        ],
+        rows,
+        extra={"emails": emails, "delay_ms": delay_ms},
+        notes=[
+            "of_bound: eventbus's rate over processes x concurrency / delay;",
+            "worker_mb: resident memory of all worker processes; db_connections: the most",
+            "open on the database at once while the emails were sent.",
+            *skipped,
+        ],
     )
+
+
+def _relay_row(
+    system: str, setting: str, rate: float, usage: Usage, of_bound: str = ""
+) -> dict[str, Any]:
+    return {
+        "system": system,
+        "setting": setting,
+        "emails_per_s": round(rate, 1),
+        "of_bound": of_bound,
+        "worker_mb": round(usage.memory_mb),
+        "db_connections": usage.connections,
+    }
 
 
 def _row(system: str, setting: str, rate: float, seconds: float) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Sending mail from a worker: one SMTP connection per process, reopened when it drops.
+"""Sending mail from a worker: one SMTP connection per handler slot, reopened when it drops.
 
 Opening an SMTP session per email costs a round trip and a handshake each time; a worker
-handling thousands of comments keeps one open instead.
+handling thousands of comments keeps one open instead. smtplib connections are not
+thread-safe, so with `listen --concurrency C` each slot (thread) keeps its own: C
+conversations with the relay at once, which is what hides a slow relay's latency.
 """
 
 from __future__ import annotations
@@ -9,34 +11,33 @@ from __future__ import annotations
 import contextlib
 import os
 import smtplib
+import threading
 from typing import Any
 
 from django.core.mail import EmailMessage, get_connection
 
-_connection: Any = None
-_owner_pid: int | None = None
+_local = threading.local()  # .connection, .pid: this thread's, in this process
 
 
 def _open() -> Any:
-    global _connection, _owner_pid
-    if _connection is None or _owner_pid != os.getpid():
-        _connection = get_connection()
-        _connection.open()
-        _owner_pid = os.getpid()
-    return _connection
+    if getattr(_local, "connection", None) is None or _local.pid != os.getpid():
+        _local.connection = get_connection()
+        _local.connection.open()
+        _local.pid = os.getpid()
+    return _local.connection
 
 
 def close() -> None:
-    """Close this process's SMTP connection (the next send opens a new one)."""
-    global _connection
-    if _connection is not None:
+    """Close this thread's SMTP connection (the next send opens a new one)."""
+    connection = getattr(_local, "connection", None)
+    if connection is not None:
         with contextlib.suppress(Exception):  # it is already broken; nothing to save
-            _connection.close()
-    _connection = None
+            connection.close()
+    _local.connection = None
 
 
 def send(message: EmailMessage) -> None:
-    """Send `message`, reusing this process's connection; one reconnect on a dropped one."""
+    """Send `message`, reusing this thread's connection; one reconnect on a dropped one."""
     for attempt in (1, 2):
         connection = _open()
         try:

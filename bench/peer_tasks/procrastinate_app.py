@@ -19,3 +19,8 @@ QUEUE = os.environ.get("PEERS_QUEUE", "eventbus_bench_peers")
 def insert_row(comment_id: int) -> None:
     # A sync task runs in procrastinate's thread pool: each thread keeps its connection.
     connections.insert_row(comment_id)
+
+
+@app.task(name="peers.send_email", queue=QUEUE)
+def send_email(comment_id: int) -> None:
+    connections.send_email(comment_id)

@@ -41,6 +41,7 @@ import psycopg
 from django.db import connections, transaction
 
 from eventbus import conf, sql
+from eventbus.declaring import prefetch as prefetching
 from eventbus.declaring import registry, wiring
 from eventbus.declaring.policies import Policies
 from eventbus.declaring.retry import after_attempt
@@ -336,17 +337,19 @@ class Executor:
                 shared.append(claim)
             else:
                 singles.append(claim)
-        for claim in singles:
-            if outcomes and budget.exhausted():
-                break
-            outcomes[claim.id] = self._handle_one(claim)
-        for channel, group in groups.items():
-            if outcomes and budget.exhausted():
-                break
-            handler = registry.handler_for(channel).handler
-            outcomes.update(self._handle_group(handler, group, budget))
-        if shared and not (outcomes and budget.exhausted()):
-            outcomes.update(self._handle_shared(shared, budget))
+        # what `prefetch` loaders get: the batch's events whose payloads it holds
+        with prefetching.batch([e for e in claims if e.id not in self._lazy]):
+            for claim in singles:
+                if outcomes and budget.exhausted():
+                    break
+                outcomes[claim.id] = self._handle_one(claim)
+            for channel, group in groups.items():
+                if outcomes and budget.exhausted():
+                    break
+                handler = registry.handler_for(channel).handler
+                outcomes.update(self._handle_group(handler, group, budget))
+            if shared and not (outcomes and budget.exhausted()):
+                outcomes.update(self._handle_shared(shared, budget))
         return [outcomes[e.id] for e in claims if e.id in outcomes]
 
     def _handle_shared(self, claims: list[Event], budget: Budget) -> dict[int, Outcome]:

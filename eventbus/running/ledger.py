@@ -41,28 +41,65 @@ def close_all() -> None:
 
 
 class SideConnection:
-    """The autocommitted connection a ledger writes through, shareable by the handler
-    slots of one process (``listen --concurrency``): one connection, one writer at a time."""
+    """The autocommitted connection a ledger writes through, shared by the handler slots
+    of one process (``listen --concurrency``).
+
+    Writes that arrive while one is on the wire wait, and then go together, as one string
+    of statements in one round trip (a group commit). With 32 slots a write each, one at
+    a time, the slots queued 40-60 ms per claim behind the connection (measured)."""
 
     def __init__(self, alias: str = "default") -> None:
         self.alias = alias
         self._conn: psycopg.Connection[Any] | None = None
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._queue: list[_Write] = []
+        self._writing = False
 
     def execute(self, query: Any, params: Any) -> Any:
-        with self._lock:
+        """Run one statement (autocommitted); its first row, or None."""
+        write = _Write(query, params)
+        with self._cond:
+            self._queue.append(write)
+            while self._writing and not write.finished:
+                self._cond.wait()
+            if not write.finished:  # this thread sends everything queued so far
+                group, self._queue, self._writing = self._queue, [], True
+        if not write.finished:
             try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._close()
-                    self._conn = connect_side(self.alias)
-                cursor = self._conn.execute(query, params)
-                return cursor.fetchone() if cursor.description else None
-            except psycopg.Error as exc:  # never the event's fault: the worker backs off
-                self._close()  # reconnect on the next write
-                raise LedgerUnavailable(f"crash ledger: {exc}") from exc
+                self._send(group)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+        if write.error is not None:
+            raise LedgerUnavailable(f"crash ledger: {write.error}") from write.error
+        return write.row
+
+    def _send(self, group: list[_Write]) -> None:
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._close()
+                self._conn = connect_side(self.alias)
+            if len(group) == 1:
+                cursor = self._conn.execute(group[0].query, group[0].params)
+                group[0].row = cursor.fetchone() if cursor.description else None
+            else:
+                cursor = psycopg.ClientCursor(self._conn)
+                cursor.execute("; ".join(cursor.mogrify(w.query, w.params) for w in group))
+                for n, write in enumerate(group):
+                    if n:
+                        cursor.nextset()
+                    write.row = cursor.fetchone() if cursor.description else None
+        except psycopg.Error as exc:  # never the event's fault: the worker backs off
+            self._close()  # reconnect on the next write
+            for write in group:
+                write.error = exc
+        finally:
+            for write in group:
+                write.finished = True
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             self._close()
 
     def _close(self) -> None:
@@ -70,6 +107,16 @@ class SideConnection:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
+
+
+class _Write:
+    """One statement waiting to be sent, and what came back."""
+
+    def __init__(self, query: Any, params: Any) -> None:
+        self.query, self.params = query, params
+        self.row: Any = None
+        self.error: psycopg.Error | None = None
+        self.finished = False
 
 
 class CrashLedger:
