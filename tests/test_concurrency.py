@@ -55,9 +55,7 @@ def test_slots_run_handlers_at_the_same_time_and_each_event_exactly_once(
     each event's database and external effect exactly once."""
     started, effects = tmp_path / "started", tmp_path / "effects"
     with transaction.atomic():
-        met = [
-            publish("containment_rendezvous", started=str(started), meet=8) for _ in range(8)
-        ]
+        met = [publish("containment_rendezvous", started=str(started), meet=8) for _ in range(8)]
     listener = start_listener("--processes", "1", "--concurrency", "8", env_extra=POISONED)
     wait_until(
         lambda: set(states(met).values()) == {"done"},
@@ -121,8 +119,10 @@ def test_a_slot_past_its_timeout_fails_alone_and_the_other_slots_go_on(
         fast = [publish("containment_overrun", do="fast") for _ in range(20)]
     listener = start_listener("--processes", "1", "--concurrency", "4", env_extra=POISONED)
     wait_until(
-        lambda: set(states(slow + fast).values()) <= {"done", "dead"}
-        and "pending" not in states(slow).values(),
+        lambda: (
+            set(states(slow + fast).values()) <= {"done", "dead"}
+            and "pending" not in states(slow).values()
+        ),
         30,
         what=f"every event resolved ({states(slow + fast)}); log:\n{listener.log()}",
     )
