@@ -217,3 +217,33 @@ def wait_for_the_others(event: Event) -> None:
                 break
         time.sleep(0.01)
     effect(event, "met" if met else "alone")
+
+
+# Savepoints opened at a handler's first query (eventbus.running.savepoints): what a
+# handler does before, after or without any query. "commits" names a file that an
+# on_commit callback appends the event id to.
+lazy = Channel("containment_lazy", operations=(), retry=NO_RETRY_SOON)
+
+
+@lazy.on
+def query_late_or_never(event: Event) -> None:
+    do = event.new.get("do", "")
+    commits = event.new.get("commits")
+    if commits:
+
+        def committed() -> None:
+            with open(commits, "a") as lines:
+                lines.write(f"{event.id}\n")
+
+        transaction.on_commit(committed)
+    if do == "nothing":
+        return
+    if do == "raise":  # before any query
+        raise RuntimeError("failed before any query")
+    if do == "inner_atomic_then_raise":
+        with transaction.atomic():
+            effect(event, "inner")
+        raise RuntimeError("failed after an inner atomic block")
+    effect(event)
+    if do == "effect_then_raise":
+        raise RuntimeError("failed after its effect")

@@ -54,6 +54,7 @@ from eventbus.running.errortext import describe, first_line
 from eventbus.running.ledger import CrashLedger, LedgerUnavailable, SideConnection
 from eventbus.running.liveness import Liveness
 from eventbus.running.quarantine import Quarantine
+from eventbus.running.savepoints import SAVEPOINT_SQL, Pipeline, pipelined
 from eventbus.running.timeouts import Deadline, loop_limit, time_limit
 
 from_row = Event.from_row
@@ -158,6 +159,7 @@ class Executor:
         self._transients: dict[int, int] = {}  # this batch's events' transient errors so far
         self._fits = 2**31  # events the last claim transaction could handle (see _claim_size)
         self.on_full_claim: Callable[[], None] = lambda: None
+        self._pipeline: Pipeline | None = None  # the claim transaction's savepoints
         self.quarantine: Quarantine | None = None  # handler slots: suspects run alone
 
     # --- A batch ---------------------------------------------------------------------
@@ -238,15 +240,18 @@ class Executor:
                     handling.close()
                     handling.enter_context(self.quarantine.exclusive(self.liveness.beat))
                     unfinished = self.ledger.started(starts)
-                with _releases_deferred(connection):
-                    if unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
-                        # The start just recorded stays: if the on_dead hook kills the
-                        # worker too, the next claim knows, and skips the hook.
-                        outcomes = [self._crashed(claims[0], unfinished[ids[0]])]
-                    else:
-                        outcomes = self._handle_all(claims, connection)
-                        self._check_state()
-                    self._mark(outcomes)
+                with pipelined(connection) as self._pipeline:
+                    try:
+                        if unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
+                            # The start just recorded stays: if the on_dead hook kills the
+                            # worker too, the next claim knows, and skips the hook.
+                            outcomes = [self._crashed(claims[0], unfinished[ids[0]])]
+                        else:
+                            outcomes = self._handle_all(claims, connection)
+                            self._check_state()
+                        self._mark(outcomes)
+                    finally:
+                        self._pipeline = None
         except (_RunAlone, LedgerUnavailable):
             raise
         except BaseException as exc:
@@ -400,7 +405,7 @@ class Executor:
         """One event, its handler in its own savepoint; its on_dead hook if it dies."""
         event = self._with_payload(claim)
         handler = registry.handler_for(event.queue).handler
-        error, seconds = self._attempt([event], lambda: handler(event))
+        error, seconds = self._attempt([event], lambda: handler(event), lazy=True)
         outcome = self._outcome(event, error, seconds)
         if outcome.status == DEAD:
             self._run_dead_hook(event, outcome.error or "")
@@ -457,10 +462,13 @@ class Executor:
         call: Callable[[], Any],
         probe: bool = False,
         inject: bool = True,
+        lazy: bool = False,
     ) -> tuple[BaseException | None, float]:
         """Run `call` in a savepoint, under the channel's time limit (scaled by the number
         of events for a batch handler). A probe's savepoint is always rolled back: only
-        its error counts. The caller checks the transaction state afterwards."""
+        its error counts. `lazy`: the savepoint opens at the call's first statement (see
+        ``eventbus.running.savepoints``). The caller checks the transaction state
+        afterwards."""
         timeout = self.policies[events[0].queue].timeout
         if timeout:
             timeout *= len(events)
@@ -469,7 +477,12 @@ class Executor:
         error: BaseException | None = None
         self.liveness.busy(timeout)
         try:
-            with transaction.atomic(using=self.alias), self._limit(timeout) as limit:
+            savepoint = (
+                self._pipeline.event()
+                if lazy and self._pipeline is not None
+                else transaction.atomic(using=self.alias)
+            )
+            with savepoint, self._limit(timeout) as limit:
                 try:
                     for event in events if inject else ():
                         self._inject_fault(event)
@@ -517,7 +530,7 @@ class Executor:
         own savepoint statements always pass, so its bookkeeping stays in step."""
 
         def check(execute: Callable[..., Any], sql_: Any, params: Any, many: bool, ctx: Any) -> Any:
-            if limit.fired and not (isinstance(sql_, str) and sql_.startswith(_SAVEPOINT_SQL)):
+            if limit.fired and not (isinstance(sql_, str) and sql_.startswith(SAVEPOINT_SQL)):
                 raise Deadline
             return execute(sql_, params, many, ctx)
 
@@ -566,7 +579,7 @@ class Executor:
         hook = registry.dead_hook_for(event.queue)
         if hook is None:
             return
-        error, _ = self._attempt([event], lambda: hook(event, error_text), inject=False)
+        error, _ = self._attempt([event], lambda: hook(event, error_text), inject=False, lazy=True)
         if error is not None:
             log.error(
                 "event %d %s: its on_dead hook failed: %s",
@@ -672,40 +685,6 @@ class Executor:
 
 class _WorkerDied(Exception):
     pass
-
-
-_SAVEPOINT_SQL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
-
-
-@contextlib.contextmanager
-def _releases_deferred(connection: Any) -> Iterator[None]:
-    """Send each savepoint's RELEASE together with the savepoint statement that follows it.
-
-    A savepoint per event costs two round trips, SAVEPOINT and RELEASE, and they were most
-    of a small handler's time (69 %, profiled). Holding a RELEASE back until the next
-    event's SAVEPOINT sends both in one. Django's bookkeeping never notices: only the
-    moment the server releases changes. Any other statement first flushes what is held,
-    alone, so a handler's query never rides with it (the deadline check sees it as it
-    is). What is still held at the end is released by the commit, or discarded with the
-    rollback.
-    """
-    held: list[str] = []
-
-    def defer(execute: Callable[..., Any], sql_: Any, params: Any, many: bool, ctx: Any) -> Any:
-        own = isinstance(sql_, str) and params is None and not many
-        if own and sql_.startswith("RELEASE SAVEPOINT "):
-            held.append(sql_)
-            return None
-        if held:
-            released = "; ".join(held)
-            held.clear()
-            if own and sql_.startswith(_SAVEPOINT_SQL):
-                return execute(f"{released}; {sql_}", None, False, ctx)
-            execute(released, None, False, ctx)
-        return execute(sql_, params, many, ctx)
-
-    with connection.execute_wrapper(defer):
-        yield
 
 
 _INTRANS = psycopg.pq.TransactionStatus.INTRANS

@@ -1,0 +1,115 @@
+"""A savepoint per event, in as few round trips as the guarantee allows.
+
+Each handler call runs in a savepoint of the claim transaction, so a failing handler's
+database effects are rolled back alone. Done naively that is two round trips per event,
+SAVEPOINT and RELEASE, and they were most of a small handler's time (69 %, profiled). So:
+
+- **Releases ride with the next savepoint statement.** A RELEASE is held back and sent
+  in one string with the SAVEPOINT (or ROLLBACK TO) that follows it. Any other statement
+  first flushes what is held, alone, so a handler's query never rides with it (the
+  deadline check sees it as it is). What is still held at the end is released by the
+  commit, or discarded with the rollback.
+- **A savepoint opens at the handler's first statement.** A handler that sends no query
+  through Django's connection (one that sends an email, calls an API, or returns at
+  once) has nothing to roll back, and costs no savepoint at all. The savepoint's name
+  is on Django's stack from the start, so ``on_commit`` callbacks registered before the
+  first query are dropped with a failed attempt, as Django drops them.
+
+The rule that comes with it: a handler's writes must go through Django's connection (the
+ORM, ``connection.cursor()``), as Django's own ``atomic`` requires. Writes sent through
+the raw psycopg connection underneath are not seen, and a failed attempt's writes made
+that way before its first Django query would not be rolled back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.db import DatabaseError
+
+SAVEPOINT_SQL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+_names = itertools.count(1)
+
+
+class Pipeline:
+    """An execute wrapper on the claim connection for the length of a claim transaction."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.held: list[str] = []  # statements to send with the next savepoint statement
+        self.lazy: str | None = None  # a savepoint named, to open at the next statement
+        self.opened = False  # the current lazy savepoint was opened
+
+    def __call__(
+        self, execute: Callable[..., Any], sql_: Any, params: Any, many: bool, ctx: Any
+    ) -> Any:
+        own = isinstance(sql_, str) and params is None and not many
+        if own and sql_.startswith("RELEASE SAVEPOINT "):
+            self.held.append(sql_)
+            return None
+        if self.lazy is not None:
+            self.held.append(f'SAVEPOINT "{self.lazy}"')
+            self.lazy, self.opened = None, True
+            self.connection.savepoint_state += 1  # counted as Django counts its own
+        if self.held:
+            pending = "; ".join(self.held)
+            self.held.clear()
+            if own and sql_.startswith(SAVEPOINT_SQL):
+                return execute(f"{pending}; {sql_}", None, False, ctx)
+            execute(pending, None, False, ctx)
+        return execute(sql_, params, many, ctx)
+
+    @contextlib.contextmanager
+    def event(self) -> Iterator[None]:
+        """One handler call's savepoint, opened at its first statement. Behaves as
+        ``transaction.atomic()`` nested in the claim: an exception (or a rollback that
+        the handler asked for) undoes the call's effects and its ``on_commit``
+        callbacks; the exception propagates."""
+        connection = self.connection
+        sid = f"eventbus_{next(_names)}"
+        connection.savepoint_ids.append(sid)
+        self.lazy, self.opened = sid, False
+        try:
+            yield
+        except BaseException:
+            self._undo(sid)
+            raise
+        else:
+            if connection.needs_rollback:
+                self._undo(sid)
+            elif self.opened:
+                self.held.append(f'RELEASE SAVEPOINT "{sid}"')
+        finally:
+            self.lazy = None
+            if connection.savepoint_ids and connection.savepoint_ids[-1] == sid:
+                connection.savepoint_ids.pop()
+
+    def _undo(self, sid: str) -> None:
+        connection = self.connection
+        self.lazy = None
+        connection.needs_rollback = False
+        connection.run_on_commit = [
+            (sids, func, robust)
+            for sids, func, robust in connection.run_on_commit
+            if sid not in sids
+        ]
+        if not self.opened:
+            return  # no statement ran: nothing to roll back
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f'ROLLBACK TO SAVEPOINT "{sid}"')
+        except DatabaseError:
+            # The connection is gone or out of step: the executor's state check fails
+            # the batch, which then runs event by event.
+            connection.needs_rollback = True
+
+
+@contextlib.contextmanager
+def pipelined(connection: Any) -> Iterator[Pipeline]:
+    """Install a `Pipeline` on `connection` for the block (a claim transaction)."""
+    pipeline = Pipeline(connection)
+    with connection.execute_wrapper(pipeline):
+        yield pipeline
