@@ -344,10 +344,13 @@ class Executor:
                 singles.append(claim)
         # what `prefetch` loaders get: the batch's events whose payloads it holds
         with prefetching.batch([e for e in claims if e.id not in self._lazy]):
-            for claim in singles:
-                if outcomes and budget.exhausted():
-                    break
-                outcomes[claim.id] = self._handle_one(claim)
+            if singles and self._pipeline is not None:
+                outcomes.update(self._handle_singles(singles, budget))
+            else:
+                for claim in singles:
+                    if outcomes and budget.exhausted():
+                        break
+                    outcomes[claim.id] = self._handle_one(claim)
             for channel, group in groups.items():
                 if outcomes and budget.exhausted():
                     break
@@ -400,6 +403,52 @@ class Executor:
         return {  # all done: no transition to compute
             e.id: Outcome(e.id, e.queue, e.attempt, DONE, None, seconds[e.id]) for e in taken
         }
+
+    def _handle_singles(self, claims: list[Event], budget: Budget) -> dict[int, Outcome]:
+        """Per-event handlers, each in its own (lazy) savepoint, under one time limit
+        re-armed per call: the per-call cost of `_handle_one` without its context
+        managers. On-dead hooks run after the loop, each under its own limit."""
+        assert self._pipeline is not None
+        pipeline, policies, liveness = self._pipeline, self.policies, self.liveness
+        perf_counter, check_state = time.perf_counter, self._check_state
+        outcomes: dict[int, Outcome] = {}
+        dying: list[tuple[Event, Outcome]] = []
+        with self._loop_limit() as limit:
+            for claim in claims:
+                if outcomes and budget.exhausted():
+                    break
+                event = self._with_payload(claim)
+                handler = registry.handler_for(event.queue).handler
+                timeout = policies[event.queue].timeout
+                error: BaseException | None = None
+                fired = False
+                liveness.busy(timeout)
+                started = perf_counter()
+                try:
+                    with pipeline.event():
+                        try:
+                            limit.rearm(timeout)
+                            self._inject_fault(event)
+                            handler(event)
+                        except BaseException as exc:
+                            _release_frames(exc)
+                            raise
+                        finally:
+                            fired = limit.fired
+                            limit.rearm(None)  # a late Deadline lands in this try
+                except BaseException as exc:  # whatever a handler raises: its event's error
+                    error = exc
+                seconds = perf_counter() - started
+                liveness.idle()
+                check_state()
+                if error is not None and (fired or isinstance(error, Deadline)):
+                    error = HandlerTimeout(f"handler ran longer than {timeout:g} s")
+                outcome = outcomes[event.id] = self._outcome(event, error, seconds)
+                if outcome.status == DEAD:
+                    dying.append((event, outcome))
+        for event, outcome in dying:
+            self._run_dead_hook(event, outcome.error or "")
+        return outcomes
 
     def _handle_one(self, claim: Event) -> Outcome:
         """One event, its handler in its own savepoint; its on_dead hook if it dies."""

@@ -62,30 +62,12 @@ class Pipeline:
             execute(pending, None, False, ctx)
         return execute(sql_, params, many, ctx)
 
-    @contextlib.contextmanager
-    def event(self) -> Iterator[None]:
+    def event(self) -> EventSavepoint:
         """One handler call's savepoint, opened at its first statement. Behaves as
         ``transaction.atomic()`` nested in the claim: an exception (or a rollback that
         the handler asked for) undoes the call's effects and its ``on_commit``
         callbacks; the exception propagates."""
-        connection = self.connection
-        sid = f"eventbus_{next(_names)}"
-        connection.savepoint_ids.append(sid)
-        self.lazy, self.opened = sid, False
-        try:
-            yield
-        except BaseException:
-            self._undo(sid)
-            raise
-        else:
-            if connection.needs_rollback:
-                self._undo(sid)
-            elif self.opened:
-                self.held.append(f'RELEASE SAVEPOINT "{sid}"')
-        finally:
-            self.lazy = None
-            if connection.savepoint_ids and connection.savepoint_ids[-1] == sid:
-                connection.savepoint_ids.pop()
+        return EventSavepoint(self)
 
     def _undo(self, sid: str) -> None:
         connection = self.connection
@@ -105,6 +87,36 @@ class Pipeline:
             # The connection is gone or out of step: the executor's state check fails
             # the batch, which then runs event by event.
             connection.needs_rollback = True
+
+
+class EventSavepoint:
+    """`Pipeline.event`'s context manager. A class, not a generator: its enter and exit
+    run in frames of this module, where a time limit never raises (see
+    ``eventbus.running.timeouts``), so Django's savepoint stack always gets its pop."""
+
+    __slots__ = ("pipeline", "sid")
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.sid = f"eventbus_{next(_names)}"
+
+    def __enter__(self) -> None:
+        pipeline = self.pipeline
+        pipeline.connection.savepoint_ids.append(self.sid)
+        pipeline.lazy, pipeline.opened = self.sid, False
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        pipeline, sid = self.pipeline, self.sid
+        connection = pipeline.connection
+        try:
+            if exc_type is not None or connection.needs_rollback:
+                pipeline._undo(sid)
+            elif pipeline.opened:
+                pipeline.held.append(f'RELEASE SAVEPOINT "{sid}"')
+        finally:
+            pipeline.lazy = None
+            if connection.savepoint_ids and connection.savepoint_ids[-1] == sid:
+                connection.savepoint_ids.pop()
 
 
 @contextlib.contextmanager

@@ -59,7 +59,8 @@ _UNSAFE_PATHS = (
     "/django/db/utils.py",
     "/psycopg/",
     "/psycopg_binary/",
-    "/eventbus/timeouts.py",
+    "/eventbus/running/timeouts.py",
+    "/eventbus/running/savepoints.py",
 )
 _QUERY_PATHS = ("/psycopg/", "/psycopg_binary/")
 _CALLS = {dis.opmap[name] for name in ("CALL", "PRECALL", "CALL_FUNCTION_EX") if name in dis.opmap}
