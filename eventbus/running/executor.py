@@ -411,6 +411,7 @@ class Executor:
         assert self._pipeline is not None
         pipeline, policies, liveness = self._pipeline, self.policies, self.liveness
         perf_counter, check_state = time.perf_counter, self._check_state
+        connection = connections[self.alias]
         outcomes: dict[int, Outcome] = {}
         dying: list[tuple[Event, Outcome]] = []
         with self._loop_limit() as limit:
@@ -440,8 +441,13 @@ class Executor:
                     error = exc
                 seconds = perf_counter() - started
                 liveness.idle()
-                check_state()
-                if error is not None and (fired or isinstance(error, Deadline)):
+                check_state(connection)
+                if error is None:  # the common case: no transition to compute
+                    outcomes[event.id] = Outcome(
+                        event.id, event.queue, event.attempt, DONE, None, seconds
+                    )
+                    continue
+                if fired or isinstance(error, Deadline):
                     error = HandlerTimeout(f"handler ran longer than {timeout:g} s")
                 outcome = outcomes[event.id] = self._outcome(event, error, seconds)
                 if outcome.status == DEAD:
@@ -653,13 +659,13 @@ class Executor:
 
     # --- Transaction state -------------------------------------------------------------
 
-    def _check_state(self) -> None:
+    def _check_state(self, connection: Any = None) -> None:
         """Never go on, or commit, on a connection whose state is unknown: after every
         attempt Django must be back in exactly the claim's atomic block, and the server in
         a healthy transaction. A handler that left an atomic block open, closed the
         connection or corrupted Django's bookkeeping fails the batch, which then runs
         event by event, so the culprit fails alone."""
-        connection = connections[self.alias]
+        connection = connection or connections[self.alias]
         conn = connection.connection
         status = conn.info.transaction_status if conn is not None else None
         now = _bookkeeping(connection)
