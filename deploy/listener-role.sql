@@ -1,5 +1,5 @@
 -- A least-privilege eventbus listener role, made by:
---   ./manage.py eventbus_role eventbus_listener --read auth.User --update blog.Post blog.Tag blog.Category
+--   ./manage.py eventbus_role eventbus_listener --read auth.User blog.Comment --update blog.Post blog.Tag blog.Category
 -- Run as the tables' owner; then: ALTER ROLE "eventbus_listener" PASSWORD '…';
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventbus_listener') THEN
@@ -11,6 +11,6 @@ GRANT USAGE ON SCHEMA "public" TO "eventbus_listener";
 -- claim, mark, publish and purge events; heartbeats; tasks' return values
 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."eventbus_event", "public"."eventbus_worker", "public"."eventbus_inflight", "public"."eventbus_task_result" TO "eventbus_listener";
 -- what the handlers read
-GRANT SELECT ON TABLE "public"."auth_user" TO "eventbus_listener";
+GRANT SELECT ON TABLE "public"."auth_user", "public"."blog_comment" TO "eventbus_listener";
 -- what the handlers update
 GRANT SELECT, UPDATE ON TABLE "public"."blog_post", "public"."blog_tag", "public"."blog_category" TO "eventbus_listener";

@@ -123,3 +123,35 @@ def test_claims_through_transaction_pooling_with_a_direct_listen_connection(
     clients = admin_console(pgbouncer, "CLIENTS")
     assert len(clients) == 2
     assert "eventbus-listen" not in {c.get("application_name") for c in clients}
+
+
+def test_handler_slots_share_a_smaller_pool_of_server_connections(
+    pgbouncer: str, author: User, start_listener: Callable[..., Listener]
+) -> None:
+    """8 handler slots through a pool of 4 server connections: a slot holds one only while
+    its claim transaction is open, so every event is handled, and the pool never opens a
+    fifth; the LISTEN connection stays direct, one for the process."""
+    start_listener(
+        "--channels",
+        "post_created",
+        "--concurrency",
+        "8",
+        "--batch-size",
+        "8",
+        env_extra={"DATABASE_URL": pgbouncer, "EVENTBUS_LISTEN_DATABASE_URL": database_url()},
+        workers=1,
+    )
+    Post.objects.bulk_create(
+        [Post(title=f"pooled {i}", body="a b c d", author=author) for i in range(200)]
+    )
+    wait_until(
+        lambda: EventRecord.objects.filter(channel="post_created", state="done").count() == 200,
+        timeout=30,
+        what="200 posts handled by 8 slots through 4 server connections",
+    )
+    assert set(Post.objects.values_list("word_count", flat=True)) == {4}
+    servers = admin_console(pgbouncer, "SERVERS")
+    assert 0 < len(servers) <= 4, servers
+    clients = admin_console(pgbouncer, "CLIENTS")
+    assert len(clients) > 4, "more slots than server connections"
+    assert "eventbus-listen" not in {c.get("application_name") for c in clients}
