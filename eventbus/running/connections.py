@@ -58,11 +58,19 @@ def connect_side(alias: str = "default") -> psycopg.Connection[Any]:
     """An autocommitted connection beside the claim connection, as Django connects.
 
     It writes what a rollback of the claim transaction must not erase (the crash
-    ledger). Its commits need not wait for the disk: losing the last few entries in a
-    server crash only forgets a few unfinished starts.
+    ledger), while the claim transaction is open. So when claims go through a pool
+    (EVENTBUS_LISTEN_DATABASE_URL set), it goes direct, as the LISTEN connection does:
+    through the pool, handler slots holding every server connection in their claims
+    would wait for it forever. Its commits need not wait for the disk: losing the last
+    few entries in a server crash only forgets a few unfinished starts.
     """
-    params = {"connect_timeout": 5, **KEEPALIVES, **connection_params(connections[alias])}
-    conn = psycopg.connect(autocommit=True, application_name="eventbus-ledger", **params)
+    options = {"connect_timeout": 5, **KEEPALIVES}
+    url = conf.get().LISTEN_DATABASE_URL
+    if url:  # direct, beside the LISTEN connection: it is written while claims hold the pool
+        conn = psycopg.connect(url, autocommit=True, application_name="eventbus-ledger", **options)
+    else:
+        params = {**options, **connection_params(connections[alias])}
+        conn = psycopg.connect(autocommit=True, application_name="eventbus-ledger", **params)
     conn.execute("SET synchronous_commit = off")
     # The ledger's statement has a large estimated cost (it may expand id runs) and a
     # tiny real one: with JIT on, PostgreSQL compiled it every time, 170 ms a batch.
