@@ -82,3 +82,11 @@ def test_a_failed_attempt_loses_its_effects_and_on_commit_callbacks(
     assert db_effects() == Counter([after]), notes()
     assert file_effects(commits) == Counter([before, after]), "only the done events' callbacks"
     assert "RuntimeError: failed" in EventRecord.objects.get(pk=failing).last_error
+
+
+def test_a_handler_query_sent_with_its_savepoint_gets_its_own_result() -> None:
+    """The savepoint (and the last event's release) travel in one string with the
+    handler's first query; the handler still reads that query's rows and row count."""
+    ids = [publish(LAZY, do="select") for _ in range(3)]
+    assert {o.status for o in drain()} == {"done"}
+    assert notes() == {pk: f"row of {pk}% 0" for pk in ids}

@@ -26,19 +26,29 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
+from importlib import import_module
 from typing import Any
 
+import psycopg
 from django.db import DatabaseError
 
 SAVEPOINT_SQL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+# Django's cursors with client-side binding (its default with psycopg 3); not server-side
+# (named) cursors, whose query is wrapped in a DECLARE.
+_CLIENT_CURSORS = {
+    cls
+    for cls in vars(import_module("django.db.backends.postgresql.base")).values()
+    if isinstance(cls, type) and issubclass(cls, psycopg.ClientCursor)
+}
 _names = itertools.count(1)
 
 
 class Pipeline:
     """An execute wrapper on the claim connection for the length of a claim transaction."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, client_binding: bool = True) -> None:
         self.connection = connection
+        self.client_binding = client_binding  # queries may ride with held statements
         self.held: list[str] = []  # statements to send with the next savepoint statement
         self.lazy: str | None = None  # a savepoint named, to open at the next statement
         self.opened = False  # the current lazy savepoint was opened
@@ -55,10 +65,23 @@ class Pipeline:
             self.lazy, self.opened = None, True
             self.connection.savepoint_state += 1  # counted as Django counts its own
         if self.held:
-            pending = "; ".join(self.held)
-            self.held.clear()
+            held, self.held = self.held, []
+            pending = "; ".join(held)
             if own and sql_.startswith(SAVEPOINT_SQL):
                 return execute(f"{pending}; {sql_}", None, False, ctx)
+            raw = getattr(ctx.get("cursor"), "cursor", None)
+            if (
+                self.client_binding
+                and not many
+                and isinstance(sql_, str)
+                and type(raw) in _CLIENT_CURSORS
+            ):
+                # One round trip: the held statements, then the query, whose result the
+                # cursor then shows (client-side binding sends them as one string).
+                result = execute(f"{pending}; {sql_}", params, False, ctx)
+                for _ in held:
+                    raw.nextset()
+                return result
             execute(pending, None, False, ctx)
         return execute(sql_, params, many, ctx)
 
@@ -120,8 +143,8 @@ class EventSavepoint:
 
 
 @contextlib.contextmanager
-def pipelined(connection: Any) -> Iterator[Pipeline]:
+def pipelined(connection: Any, client_binding: bool = True) -> Iterator[Pipeline]:
     """Install a `Pipeline` on `connection` for the block (a claim transaction)."""
-    pipeline = Pipeline(connection)
+    pipeline = Pipeline(connection, client_binding)
     with connection.execute_wrapper(pipeline):
         yield pipeline
