@@ -18,6 +18,7 @@ _ENVIRONMENT: dict[str, Any] = {
     "FAULT_RATE": float,
     "FAULT_SEED": int,
     "RETRY": json.loads,
+    "CHANNELS": json.loads,
     "DONE_RETENTION": float,
     "PURGE_INTERVAL": float,
     "SHUTDOWN_TIMEOUT": float,
@@ -68,7 +69,9 @@ def get() -> Settings:
     overrides: dict[str, Any] = dict(getattr(settings, "EVENTBUS", {}))
     for key, cast in _ENVIRONMENT.items():
         value = os.environ.get(f"EVENTBUS_{key}")
-        if value:
+        if value and key == "CHANNELS":  # entries over the settings' entries, one by one
+            overrides[key] = {**overrides.get(key, {}), **cast(value)}
+        elif value:
             overrides[key] = cast(value)
     known = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known

@@ -180,6 +180,23 @@ def test_policy_precedence_settings_over_declaration_over_defaults() -> None:
         resolve("comment_created")
 
 
+def test_a_deploy_may_set_a_channels_isolation_in_settings_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """isolation="batch" without touching the code: for a handler whose failures are rare
+    (one savepoint per batch); an unknown value is refused with its name."""
+    assert resolve("comment_created").isolation == "event"
+    with override_settings(EVENTBUS={"CHANNELS": {"comment_created": {"isolation": "batch"}}}):
+        assert resolve("comment_created").isolation == "batch"
+    monkeypatch.setenv("EVENTBUS_CHANNELS", '{"comment_created": {"isolation": "batch"}}')
+    with override_settings(EVENTBUS={"CHANNELS": {"post_created": {"timeout": 5}}}):
+        assert resolve("comment_created").isolation == "batch"
+        assert resolve("post_created").timeout == 5, "the settings' other entries stay"
+    monkeypatch.setenv("EVENTBUS_CHANNELS", '{"comment_created": {"isolation": "none"}}')
+    with pytest.raises(ValueError, match="'none' is not 'event' or 'batch'"):
+        resolve("comment_created")
+
+
 def test_bad_policies_are_refused_at_declaration() -> None:
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)

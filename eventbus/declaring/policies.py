@@ -45,12 +45,18 @@ def resolve(channel_name: str, settings: conf.Settings | None = None) -> Channel
     names = dict.fromkeys([registry.base_name(channel_name), channel_name])
     for name in names:  # the channel's entry, then the subscription's
         override = settings.CHANNELS.get(name, {})
-        unknown = set(override) - {"retry", "timeout"}
+        unknown = set(override) - {"retry", "timeout", "isolation"}
         if unknown:
             raise ValueError(f"EVENTBUS['CHANNELS'][{name!r}]: unknown keys {sorted(unknown)}")
         if "retry" in override:
             retry = replace(retry, **override["retry"])
         timeout = override.get("timeout", timeout)
+        isolation = override.get("isolation", isolation)
+        if isolation not in ("event", "batch"):
+            raise ValueError(
+                f"EVENTBUS['CHANNELS'][{name!r}]['isolation']: {isolation!r} is not "
+                "'event' or 'batch'"
+            )
     return ChannelPolicy(retry, timeout, ordered, isolation)
 
 
