@@ -20,11 +20,12 @@ _local = threading.local()  # .connection, .pid: this thread's, in this process
 
 
 def _open() -> Any:
-    if getattr(_local, "connection", None) is None or _local.pid != os.getpid():
-        _local.connection = get_connection()
-        _local.connection.open()
-        _local.pid = os.getpid()
-    return _local.connection
+    connection = getattr(_local, "connection", None)
+    if connection is None or getattr(_local, "pid", None) != os.getpid():
+        connection = get_connection()
+        connection.open()  # may raise: nothing is kept then
+        _local.connection, _local.pid = connection, os.getpid()
+    return connection
 
 
 def close() -> None:
