@@ -51,6 +51,7 @@ REQUIREMENTS = {
     "celery": ["celery[redis]>=5.3,<6", "gevent", "psycopg[binary]>=3.1"],
     "procrastinate": ["procrastinate>=3,<4", "psycopg[binary,pool]>=3.1"],
 }
+PROCRASTINATE_APP = "bench.peer_tasks.procrastinate_app.app"
 REDIS = os.environ.get("EVENTBUS_BENCH_REDIS", "127.0.0.1:6379")
 PROCESSES = int(os.environ.get("PEERS_PROCESSES", "2"))
 ROW_TABLE = (
@@ -316,11 +317,9 @@ def run_celery(bench: Bench, n: int) -> tuple[float, float]:
         redis_command("DEL", env["PEERS_QUEUE"])
 
 
-def run_procrastinate(bench: Bench, n: int, concurrency: int) -> tuple[float, float]:
-    python = peer_python("procrastinate")
-    bench.reset(trigger=False)
-    env = bench.env(PROCRASTINATE_APP="bench.peer_tasks.procrastinate_app.app")
-    cli = str(python.parent / "procrastinate")
+def procrastinate_workers(bench: Bench, concurrency: int, env: dict[str, str]) -> Workers:
+    """Its schema applied (or its jobs emptied), then two worker processes."""
+    cli = str(peer_python("procrastinate").parent / "procrastinate")
     with psycopg.connect(bench.url, autocommit=True) as conn:
         applied = conn.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()[0]
         if applied:
@@ -328,7 +327,14 @@ def run_procrastinate(bench: Bench, n: int, concurrency: int) -> tuple[float, fl
     if not applied:
         subprocess.run([cli, "schema", "--apply"], cwd=ROOT, env=env, check=True)
     command = [cli, "--log-level", "warning", "worker", "--queues", env["PEERS_QUEUE"]]
-    workers = Workers([[*command, "--concurrency", str(concurrency)]] * PROCESSES, env)
+    return Workers([[*command, "--concurrency", str(concurrency)]] * PROCESSES, env)
+
+
+def run_procrastinate(bench: Bench, n: int, concurrency: int) -> tuple[float, float]:
+    python = peer_python("procrastinate")
+    bench.reset(trigger=False)
+    env = bench.env(PROCRASTINATE_APP=PROCRASTINATE_APP)
+    workers = procrastinate_workers(bench, concurrency, env)
     try:
         return bench.measure(
             lambda: bench.produce(python, "procrastinate", "insert_row", n, env),
@@ -412,17 +418,8 @@ def run_procrastinate_email(bench: Bench, n: int, relay: Any, concurrency: int) 
     python = peer_python("procrastinate")
     bench.reset(trigger=False)
     relay.mailbox.messages.clear()
-    env = bench.env(
-        PROCRASTINATE_APP="bench.peer_tasks.procrastinate_app.app", PEERS_SMTP_PORT=str(relay.port)
-    )
-    cli = str(python.parent / "procrastinate")
-    with psycopg.connect(bench.url, autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()[0]:
-            conn.execute("TRUNCATE procrastinate_jobs CASCADE")
-        else:
-            subprocess.run([cli, "schema", "--apply"], cwd=ROOT, env=env, check=True)
-    command = [cli, "--log-level", "warning", "worker", "--queues", env["PEERS_QUEUE"]]
-    workers = Workers([[*command, "--concurrency", str(concurrency)]] * PROCESSES, env)
+    env = bench.env(PROCRASTINATE_APP=PROCRASTINATE_APP, PEERS_SMTP_PORT=str(relay.port))
+    workers = procrastinate_workers(bench, concurrency, env)
     try:
         rate, _ = bench.measure(
             lambda: bench.produce(python, "procrastinate", "send_email", n, env),
@@ -441,7 +438,7 @@ def run_procrastinate_email(bench: Bench, n: int, relay: Any, concurrency: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comments", type=int, help="table 1 (10,000; --full 100,000)")
-    parser.add_argument("--emails", type=int, help="table 2 (500; --full 2,000)")
+    parser.add_argument("--emails", type=int, help="tables 2 and 3 (3,000; --full 10,000)")
     parser.add_argument(
         "--delay-ms",
         type=float,
