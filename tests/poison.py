@@ -254,3 +254,60 @@ def query_late_or_never(event: Event) -> None:
     effect(event)
     if do == "effect_then_raise":
         raise RuntimeError("failed after its effect")
+
+
+# What a handler's first statement may be, with a savepoint opened at it (review of
+# issue 12): each must behave as inside Django's own atomic block.
+first = Channel(
+    "containment_first", operations=(), retry=RetryPolicy(3, base_delay=300, jitter=False)
+)
+# Past its 50 ms in a C call, then its only query: the deadline check must stop it.
+late_query = Channel("containment_late_query", operations=(), timeout=0.05, retry=RetryPolicy(1))
+
+
+@first.on
+def first_statement(event: Event) -> None:
+    do = event.new.get("do", "")
+    path = event.new.get("runs")
+    if path:
+        with open(path, "a") as runs:
+            runs.write(f"{event.id}\n")
+    if do == "":
+        effect(event)
+    elif do == "executemany":
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {EFFECT_TABLE} (event_id, note, pid) VALUES (%s, %s, %s)",
+                [[event.id, "many", 0]],
+            )
+    elif do == "iterator":  # a server-side cursor: its DECLARE must go as it came
+        effect(event, ",".join(t.name for t in Tag.objects.order_by("name").iterator(1)))
+    elif do == "syntax":
+        with connection.cursor() as cursor:
+            cursor.execute("SELEC 1")
+    elif do == "bad_parameters":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT %s, %s", [1])
+    elif do == "create":  # INSERT … RETURNING: the new row's id comes back
+        effect(event, str(Tag.objects.create(name=f"created-{event.id}").pk))
+    elif do == "copy_in_atomic_then_raise":  # COPY bypasses execute wrappers: atomic first
+        with transaction.atomic():
+            copy_row(event)
+        raise RuntimeError("failed after its COPY")
+    elif do == "copy_then_raise":
+        copy_row(event)
+        raise RuntimeError("failed after its COPY")
+    else:
+        raise ValueError(f"unknown behaviour {do!r}")
+
+
+def copy_row(event: Event) -> None:
+    copy_sql = f"COPY {EFFECT_TABLE} (event_id, note, pid) FROM STDIN"
+    with connection.cursor() as cursor, cursor.copy(copy_sql) as copy:
+        copy.write_row((event.id, "copy", 0))
+
+
+@late_query.on
+def sleep_then_write(event: Event) -> None:
+    time.sleep(0.3)
+    effect(event, "after its timeout")

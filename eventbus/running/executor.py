@@ -240,7 +240,7 @@ class Executor:
                     handling.close()
                     handling.enter_context(self.quarantine.exclusive(self.liveness.beat))
                     unfinished = self.ledger.started(starts)
-                with pipelined(connection, self._client_binding) as self._pipeline:
+                with pipelined(connection) as self._pipeline:
                     try:
                         if unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
                             # The start just recorded stays: if the on_dead hook kills the

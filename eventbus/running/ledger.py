@@ -94,6 +94,11 @@ class SideConnection:
             self._close()  # reconnect on the next write
             for write in group:
                 write.error = exc
+        except BaseException as exc:  # no writer may take silence for a row
+            self._close()
+            for write in group:
+                write.error = exc
+            raise
         finally:
             for write in group:
                 write.finished = True
@@ -115,7 +120,7 @@ class _Write:
     def __init__(self, query: Any, params: Any) -> None:
         self.query, self.params = query, params
         self.row: Any = None
-        self.error: psycopg.Error | None = None
+        self.error: BaseException | None = None
         self.finished = False
 
 

@@ -15,10 +15,13 @@ SAVEPOINT and RELEASE, and they were most of a small handler's time (69 %, profi
   is on Django's stack from the start, so ``on_commit`` callbacks registered before the
   first query are dropped with a failed attempt, as Django drops them.
 
-The rule that comes with it: a handler's writes must go through Django's connection (the
-ORM, ``connection.cursor()``), as Django's own ``atomic`` requires. Writes sent through
-the raw psycopg connection underneath are not seen, and a failed attempt's writes made
-that way before its first Django query would not be rolled back.
+The rule that comes with it: the savepoint opens when a statement passes through
+Django's execute wrappers (the ORM, ``cursor.execute``/``executemany``, ``.iterator()``).
+A write that does not (``cursor.copy()``, or the raw psycopg connection underneath)
+opens none, so if it is the handler's first statement and the handler then fails, it
+would not be rolled back. Django's own ``atomic`` opens its savepoint at once; so a
+handler that writes that way wraps it in ``transaction.atomic()``, whose SAVEPOINT
+opens the event's first.
 """
 
 from __future__ import annotations
@@ -26,29 +29,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
-from importlib import import_module
 from typing import Any
 
 import psycopg
 from django.db import DatabaseError
 
 SAVEPOINT_SQL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
-# Django's cursors with client-side binding (its default with psycopg 3); not server-side
-# (named) cursors, whose query is wrapped in a DECLARE.
-_CLIENT_CURSORS = {
-    cls
-    for cls in vars(import_module("django.db.backends.postgresql.base")).values()
-    if isinstance(cls, type) and issubclass(cls, psycopg.ClientCursor)
-}
 _names = itertools.count(1)
 
 
 class Pipeline:
     """An execute wrapper on the claim connection for the length of a claim transaction."""
 
-    def __init__(self, connection: Any, client_binding: bool = True) -> None:
+    def __init__(self, connection: Any) -> None:
         self.connection = connection
-        self.client_binding = client_binding  # queries may ride with held statements
         self.held: list[str] = []  # statements to send with the next savepoint statement
         self.lazy: str | None = None  # a savepoint named, to open at the next statement
         self.opened = False  # the current lazy savepoint was opened
@@ -60,30 +54,33 @@ class Pipeline:
         if own and sql_.startswith("RELEASE SAVEPOINT "):
             self.held.append(sql_)
             return None
-        if self.lazy is not None:
-            self.held.append(f'SAVEPOINT "{self.lazy}"')
-            self.lazy, self.opened = None, True
-            self.connection.savepoint_state += 1  # counted as Django counts its own
-        if self.held:
-            held, self.held = self.held, []
-            pending = "; ".join(held)
-            if own and sql_.startswith(SAVEPOINT_SQL):
-                return execute(f"{pending}; {sql_}", None, False, ctx)
-            raw = getattr(ctx.get("cursor"), "cursor", None)
-            if (
-                self.client_binding
-                and not many
-                and isinstance(sql_, str)
-                and type(raw) in _CLIENT_CURSORS
-            ):
-                # One round trip: the held statements, then the query, whose result the
-                # cursor then shows (client-side binding sends them as one string).
-                result = execute(f"{pending}; {sql_}", params, False, ctx)
-                for _ in held:
-                    raw.nextset()
-                return result
-            execute(pending, None, False, ctx)
+        opening, self.lazy = self.lazy, None
+        if opening is not None:
+            self.held.append(f'SAVEPOINT "{opening}"')
+        if not self.held:
+            return execute(sql_, params, many, ctx)
+        held, self.held = self.held, []
+        pending = "; ".join(held)
+        if own and sql_.startswith(SAVEPOINT_SQL):  # Django's own, on a plain cursor
+            result = execute(f"{pending}; {sql_}", None, False, ctx)
+            self._opened(opening)
+            return result
+        # Alone, on a cursor of its own: the handler's statement then goes as it came
+        # (an executemany, a server-side cursor's DECLARE, a query that fails to parse),
+        # and the deadline check sees it alone.
+        with (
+            self.connection.wrap_database_errors,
+            psycopg.ClientCursor(self.connection.connection) as cursor,
+        ):
+            cursor.execute(pending)
+        self._opened(opening)
         return execute(sql_, params, many, ctx)
+
+    def _opened(self, sid: str | None) -> None:
+        """The lazy savepoint `sid` now exists on the server (set only once it does)."""
+        if sid is not None:
+            self.opened = True
+            self.connection.savepoint_state += 1  # counted as Django counts its own
 
     def event(self) -> EventSavepoint:
         """One handler call's savepoint, opened at its first statement. Behaves as
@@ -143,8 +140,8 @@ class EventSavepoint:
 
 
 @contextlib.contextmanager
-def pipelined(connection: Any, client_binding: bool = True) -> Iterator[Pipeline]:
+def pipelined(connection: Any) -> Iterator[Pipeline]:
     """Install a `Pipeline` on `connection` for the block (a claim transaction)."""
-    pipeline = Pipeline(connection, client_binding)
+    pipeline = Pipeline(connection)
     with connection.execute_wrapper(pipeline):
         yield pipeline
