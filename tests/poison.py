@@ -238,7 +238,7 @@ def query_late_or_never(event: Event) -> None:
         transaction.on_commit(committed)
     if do == "nothing":
         return
-    if do == "select":  # its first statement rides with the savepoint: its rows still come
+    if do == "select":  # its first statement opens the savepoint: its rows still come
         with connection.cursor() as cursor:
             cursor.execute("SELECT %s::text || '%%'", [f"row of {event.id}"])
             (value,) = cursor.fetchone()

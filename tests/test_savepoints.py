@@ -86,9 +86,10 @@ def test_a_failed_attempt_loses_its_effects_and_on_commit_callbacks(
     assert "RuntimeError: failed" in EventRecord.objects.get(pk=failing).last_error
 
 
-def test_a_handler_query_sent_with_its_savepoint_gets_its_own_result() -> None:
-    """The savepoint (and the last event's release) travel in one string with the
-    handler's first query; the handler still reads that query's rows and row count."""
+def test_a_handlers_first_query_gets_its_own_rows_and_row_count() -> None:
+    """The savepoint (and the last event's release) go just before the handler's first
+    query, on a cursor of their own: the handler's cursor shows its own query's rows
+    (a literal % included) and row count."""
     ids = [publish(LAZY, do="select") for _ in range(3)]
     assert {o.status for o in drain()} == {"done"}
     assert notes() == {pk: f"row of {pk}% 0" for pk in ids}
