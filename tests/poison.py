@@ -24,7 +24,7 @@ import time
 from django.db import close_old_connections, connection, transaction
 
 from blog.models import Tag
-from eventbus import Channel, Event, RetryPolicy
+from eventbus import Channel, Event, RetryPolicy, prefetch
 
 EFFECT_TABLE = "containment_effect"
 CREATE_EFFECT_TABLE = (
@@ -311,3 +311,25 @@ def copy_row(event: Event) -> None:
 def sleep_then_write(event: Event) -> None:
     time.sleep(0.3)
     effect(event, "after its timeout")
+
+
+# eventbus.prefetch: the loader records each call's event ids (in the test process).
+prefetched = Channel("containment_prefetch", operations=(), retry=NO_RETRY_SOON)
+loader_calls: list[list[int]] = []
+
+
+@prefetch
+def batch_ids(events: list[Event]) -> set[int]:
+    ids = [event.id for event in events]
+    loader_calls.append(ids)
+    with connection.cursor() as cursor:  # a read, in the asking handler's savepoint
+        cursor.execute("SELECT count(*) FROM eventbus_event WHERE id = ANY(%s)", [ids])
+    return set(ids)
+
+
+@prefetched.on
+def use_the_batch_read(event: Event) -> None:
+    seen = batch_ids(event)
+    effect(event, "in its batch" if event.id in seen else "missing")
+    if event.new.get("fail"):
+        raise RuntimeError("failed after reading its batch")
