@@ -4,8 +4,9 @@
 - ``POST /api/emails/``: emails to a list of addresses; they go out from a task of
   Django's task API (``blog.tasks.send_emails``), which the same listener runs.
 
-Every request carries `X-Eventbus-Signature: sha256=<hex>`, an HMAC-SHA256 with the shared
-WEBHOOK_SECRET over "METHOD\\npath\\nbody" (see blog/signing.py).
+Every request carries `X-Eventbus-Signature: t=<unix>,v1=<hex>`, an HMAC-SHA256 with a
+shared secret over the time, the method, the path and the body; a stale, forged or
+replayed one is refused (see blog/signing.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_email
@@ -42,11 +44,20 @@ def _error(status_code: int, message: str) -> JsonResponse:
 
 
 def _unsigned(request: HttpRequest) -> JsonResponse | None:
-    signature = request.headers.get(signing.HEADER)
-    if not signature:
-        return _error(401, f"missing {signing.HEADER} header")
-    if not signing.valid(signature, request.method or "", request.path, request.body):
-        return _error(401, f"bad {signing.HEADER}: not the HMAC of this request")
+    """The refusal of a request that is too large (413) or not signed now by us (401)."""
+    limit = getattr(settings, "WEBHOOK_MAX_BODY", 1024 * 1024)
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _error(400, "bad Content-Length")
+    if length > limit:
+        return _error(413, f"body of {length} bytes is over the limit of {limit}")
+    try:
+        method = request.method or ""
+        header = request.headers.get(signing.HEADER)
+        signing.verify(header, method, request.path, request.body, once=method == "POST")
+    except signing.SignatureError as exc:
+        return _error(401, str(exc))
     return None
 
 

@@ -90,3 +90,11 @@ class Comment(models.Model):
 
     def __str__(self) -> str:
         return f"comment {self.pk} on {self.post_id}"
+
+
+class SeenSignature(models.Model):
+    """Signed API requests already accepted, kept for the signature tolerance: a replay
+    of one is refused (``blog.signing``)."""
+
+    signature = models.CharField(max_length=64, primary_key=True)  # sha256 of the request
+    seen_at = models.DateTimeField(db_index=True)

@@ -106,6 +106,12 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "blog@localhost")
 # --- Webhook API ---------------------------------------------------------------------
 # Shared secret for the HMAC signature of API requests and of outgoing callbacks.
 WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET", "dev-only-webhook-secret")
+# Secrets still accepted while senders move to the new one (comma-separated).
+WEBHOOK_PREVIOUS_SECRETS = [
+    s for s in os.environ.get("WEBHOOK_PREVIOUS_SECRETS", "").split(",") if s.strip()
+]
+WEBHOOK_TOLERANCE = 300  # seconds a signed request stays valid (and its replay refused)
+WEBHOOK_MAX_BODY = int(os.environ.get("WEBHOOK_MAX_BODY", 1024 * 1024))  # bytes; more: 413
 
 # --- eventbus --------------------------------------------------------------------------
 EVENTBUS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -57,7 +58,8 @@ def test_a_signed_post_is_accepted_at_once_with_a_status_url(client: Client, aut
 @pytest.mark.parametrize(
     ("raw", "signature", "status", "message"),
     [
-        (json.dumps(NEW_POST).encode(), "sha256=00", 401, "bad X-Eventbus-Signature"),
+        (json.dumps(NEW_POST).encode(), "sha256=00", 401, "malformed X-Eventbus-Signature"),
+        (json.dumps(NEW_POST).encode(), "t=1,v1=00", 401, "stale X-Eventbus-Signature"),
         (b"{not json", None, 400, "body is not JSON"),
         (b"[1, 2]", None, 400, "body must be a JSON object"),
         (json.dumps({"title": "t"}).encode(), None, 400, "missing or not a string: body, author"),
@@ -151,3 +153,90 @@ def test_the_callback_reports_processing_that_died(
     outcome = json.loads(receiver.requests[0][1])
     assert outcome["state"] == "dead"
     assert outcome["error"] == f"RowGone: post {post_id} no longer exists"
+
+
+# --- Requests that cannot be replayed or forged (issue 13) ----------------------------
+
+
+def post_signed(client: Client, header: str, body: bytes | None = None, **extra: str):
+    body = json.dumps(NEW_POST).encode() if body is None else body
+    return client.post(
+        "/api/posts/",
+        body,
+        content_type="application/json",
+        HTTP_X_EVENTBUS_SIGNATURE=header,
+        **extra,
+    )
+
+
+@pytest.mark.django_db
+def test_the_identical_signed_post_sent_twice_is_refused_the_second_time(
+    client: Client, author: User
+) -> None:
+    """Reproduced before: the same signed POST twice made two posts."""
+    body = json.dumps(NEW_POST).encode()
+    header = signing.sign("POST", "/api/posts/", body)
+    assert post_signed(client, header, body).status_code == 202
+    again = post_signed(client, header, body)
+    assert again.status_code == 401
+    assert "replayed X-Eventbus-Signature" in again.json()["error"]
+    assert Post.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ("t=1,v1=" + "0" * 64, "stale"),  # signed in 1970
+        ("sha256=abc", "malformed"),  # the old format
+        ("t=,v1=", "malformed"),
+        ("v1=" + "0" * 64, "malformed"),  # no time
+        ("t=éé,v1=00", "malformed"),  # not ASCII: a 500 before
+    ],
+)
+def test_a_stale_or_malformed_signature_is_a_401_with_its_reason(
+    client: Client, author: User, header: str, reason: str
+) -> None:
+    response = post_signed(client, header)
+    assert response.status_code == 401
+    assert response.json()["error"].startswith(reason)
+    assert not Post.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_old_signature_is_refused_even_when_its_hmac_is_right(
+    client: Client, author: User
+) -> None:
+    body = json.dumps(NEW_POST).encode()
+    old = signing.sign("POST", "/api/posts/", body, timestamp=int(time.time()) - 301)
+    response = post_signed(client, old, body)
+    assert response.status_code == 401 and "stale" in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_a_rotated_secret_is_accepted_while_listed_as_previous(
+    client: Client, author: User, settings
+) -> None:
+    """Rotation: the site takes the new secret and still accepts the old one; senders
+    move over; then the old one is dropped and refused."""
+    body = json.dumps(NEW_POST).encode()
+    settings.WEBHOOK_SECRET, settings.WEBHOOK_PREVIOUS_SECRETS = "new-secret", ["old-secret"]
+    by_old = signing.sign("POST", "/api/posts/", body, secret="old-secret")
+    assert post_signed(client, by_old, body).status_code == 202
+    by_new = signing.sign("POST", "/api/posts/", other := body.replace(b"Hello", b"Hi"))
+    assert post_signed(client, by_new, other).status_code == 202
+    settings.WEBHOOK_PREVIOUS_SECRETS = []
+    third = body.replace(b"Hello", b"Hey")
+    by_old = signing.sign("POST", "/api/posts/", third, secret="old-secret")
+    refused = post_signed(client, by_old, third)
+    assert refused.status_code == 401 and refused.json()["error"].startswith("bad")
+    assert Post.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_a_body_over_the_limit_is_a_413(client: Client, author: User, settings) -> None:
+    settings.WEBHOOK_MAX_BODY = 1000
+    body = json.dumps({**NEW_POST, "body": "word " * 500}).encode()
+    response = post_signed(client, signing.sign("POST", "/api/posts/", body), body)
+    assert response.status_code == 413
+    assert not Post.objects.exists()
