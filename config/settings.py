@@ -13,7 +13,12 @@ import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-not-secret")
+# Development defaults: with DEBUG off the site and the listener refuse them (blog.checks).
+DEVELOPMENT_SECRETS = {
+    "DJANGO_SECRET_KEY": "dev-only-not-secret",
+    "WEBHOOK_SECRET": "dev-only-webhook-secret",
+}
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", DEVELOPMENT_SECRETS["DJANGO_SECRET_KEY"])
 DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver").split(",")
 
@@ -105,7 +110,7 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "blog@localhost")
 
 # --- Webhook API ---------------------------------------------------------------------
 # Shared secret for the HMAC signature of API requests and of outgoing callbacks.
-WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET", "dev-only-webhook-secret")
+WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET", DEVELOPMENT_SECRETS["WEBHOOK_SECRET"])
 # Secrets still accepted while senders move to the new one (comma-separated).
 WEBHOOK_PREVIOUS_SECRETS = [
     s for s in os.environ.get("WEBHOOK_PREVIOUS_SECRETS", "").split(",") if s.strip()

@@ -146,6 +146,9 @@ def test_the_images_files_run_the_listener_as_an_unprivileged_user(tmp_path: Pat
         "PATH": os.environ["PATH"],
         "DATABASE_URL": database_url(),
         "EVENTBUS_LISTENER_MODULES": os.environ.get("EVENTBUS_LISTENER_MODULES", ""),
+        # as a deployment provides them: the image ships none (see test_secrets.py)
+        "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY", "k" * 50),
+        "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET", "w" * 50),
     }
     entrypoint = image_entrypoint()
     process = subprocess.Popen(
