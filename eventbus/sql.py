@@ -112,11 +112,7 @@ def int_array(values: Iterable[int]) -> str:
 # Rows hold runs of consecutive ids (see eventbus.models.InflightRecord); so do the
 # parameters, and the overlap of two runs is expanded only where runs meet, which is
 # only after a crash.
-LEDGER_START = sql.SQL(
-    "WITH finished AS (DELETE FROM {ledger} WHERE id = %(previous)s), "
-    "added AS (INSERT INTO {ledger} (worker, first_ids, last_ids, attempts) "
-    "VALUES (%(worker)s, %(firsts)s::bigint[], %(lasts)s::bigint[], %(attempts)s::int[]) "
-    "RETURNING id), "
+_LEDGER_FOUND = (
     "ours AS (SELECT * FROM unnest(%(firsts)s::bigint[], %(lasts)s::bigint[], "
     "%(attempts)s::int[]) AS o(first_id, last_id, attempts)), "
     # Each row says whether its worker still looks alive (a recent heartbeat from the same
@@ -138,6 +134,18 @@ LEDGER_START = sql.SQL(
     "least(o.last_id, t.last_id)) AS g(id)) "
     "SELECT (SELECT id FROM added), array_agg(unfinished.id), "
     "array_agg(unfinished.worker), array_agg(unfinished.alive) FROM unfinished"
+)
+LEDGER_START = sql.SQL(
+    "WITH finished AS (DELETE FROM {ledger} WHERE id = %(previous)s), "
+    "added AS (INSERT INTO {ledger} (worker, first_ids, last_ids, attempts) "
+    "VALUES (%(worker)s, %(firsts)s::bigint[], %(lasts)s::bigint[], %(attempts)s::int[]) "
+    "RETURNING id), " + _LEDGER_FOUND
+).format(ledger=LEDGER, workers=sql.Identifier("eventbus_worker"))
+# The same question without recording a start: are any of these events suspects? (A
+# handler slot asks first, so that a suspect's start is never on record while its
+# process's other slots run handlers; see eventbus.running.quarantine.)
+LEDGER_PEEK = sql.SQL(
+    "WITH added AS (SELECT NULL::bigint AS id WHERE false), " + _LEDGER_FOUND
 ).format(ledger=LEDGER, workers=sql.Identifier("eventbus_worker"))
 
 LEDGER_FORGET = sql.SQL("DELETE FROM {ledger} WHERE id = %s").format(ledger=LEDGER)
@@ -161,10 +169,15 @@ def ledger_collect(age: float) -> tuple[sql.Composed, list[Any]]:
 
 
 def ledger_start(
-    worker: str, started: Sequence[tuple[int, int]], previous: int, alive_within: float = 30.0
+    worker: str,
+    started: Sequence[tuple[int, int]],
+    previous: int,
+    alive_within: float = 30.0,
+    peek: bool = False,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """Record a batch's starts, (event id, attempts so far) in id order, as one row of
-    runs, and delete the worker's previous row, which committed: one round trip."""
+    runs, and delete the worker's previous row, which committed: one round trip.
+    `peek`: only ask which of them have unfinished starts; record nothing."""
     firsts: list[int] = []
     lasts: list[int] = []
     attempts: list[int] = []
@@ -175,7 +188,7 @@ def ledger_start(
             firsts.append(event_id)
             lasts.append(event_id)
             attempts.append(tries)
-    return LEDGER_START, {
+    return (LEDGER_PEEK if peek else LEDGER_START), {
         "worker": worker,
         "firsts": int_array(firsts),
         "lasts": int_array(lasts),

@@ -226,16 +226,22 @@ class Executor:
                     self.on_full_claim()  # more may be due: handler slots bring in another
                 ids = [e.id for e in claims]
                 starts = [(e.id, e.attempt - 1) for e in claims]
+                suspects: dict[int, int] = {}
                 if self.quarantine is not None:
-                    handling.enter_context(self.quarantine.shared(self.liveness.beat))
+                    # A suspect's start is never on record while other slots of this
+                    # process run handlers: ask first, then take the quarantine's lock.
+                    suspects = self.ledger.peek(starts)
+                    if suspects and len(claims) > 1:
+                        raise _RunAlone(ids)  # nothing recorded; each runs alone now
+                    lock = self.quarantine.exclusive if suspects else self.quarantine.shared
+                    handling.enter_context(lock(self.liveness.beat))
                 unfinished = self.ledger.started(starts)
                 recorded = True
                 if unfinished and len(claims) > 1:
                     self.ledger.forget()  # this start never happened: each runs alone now
                     raise _RunAlone(ids)  # rolls the claim back; no handler has run
-                if unfinished and self.quarantine is not None:
-                    # A suspect: no start of it is on record while it waits for the
-                    # process's other slots to finish, and none of theirs while it runs.
+                if unfinished and self.quarantine is not None and not suspects:
+                    # It became a suspect since the question (a death just now).
                     self.ledger.forget()
                     handling.close()
                     handling.enter_context(self.quarantine.exclusive(self.liveness.beat))

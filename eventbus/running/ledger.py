@@ -152,6 +152,16 @@ class CrashLedger:
             *sql.ledger_start(self.worker, events, self.batch, self.alive_within)
         )
         self.batch = int(batch)
+        return self._unfinished(ids, workers, alive)
+
+    def peek(self, events: Sequence[tuple[int, int]]) -> dict[int, int]:
+        """The unfinished starts `started` would find, with nothing recorded."""
+        _, ids, workers, alive = self._execute(
+            *sql.ledger_start(self.worker, events, self.batch, self.alive_within, peek=True)
+        )
+        return self._unfinished(ids, workers, alive)
+
+    def _unfinished(self, ids: Any, workers: Any, alive: Any) -> dict[int, int]:
         unfinished: dict[int, int] = {}
         for event_id, worker, looks_alive in zip(
             ids or (), workers or (), alive or (), strict=True
