@@ -11,14 +11,16 @@ replayed one is refused (see blog/signing.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_email
-from django.db import transaction
+from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -43,7 +45,7 @@ def _error(status_code: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status_code)
 
 
-def _unsigned(request: HttpRequest) -> JsonResponse | None:
+def _unsigned(request: HttpRequest, once: bool | None = None) -> JsonResponse | None:
     """The refusal of a request that is too large (413) or not signed now by us (401)."""
     limit = getattr(settings, "WEBHOOK_MAX_BODY", 1024 * 1024)
     try:
@@ -55,7 +57,8 @@ def _unsigned(request: HttpRequest) -> JsonResponse | None:
     try:
         method = request.method or ""
         header = request.headers.get(signing.HEADER)
-        signing.verify(header, method, request.path, request.body, once=method == "POST")
+        once = method == "POST" if once is None else once
+        signing.verify(header, method, request.path, request.body, once=once)
     except signing.SignatureError as exc:
         return _error(401, str(exc))
     return None
@@ -89,8 +92,12 @@ def _parse(body: bytes) -> dict[str, Any]:
 @csrf_exempt
 @require_POST
 def create_post(request: HttpRequest) -> JsonResponse:
-    if refused := _unsigned(request):
+    key = request.headers.get("Idempotency-Key")
+    # With a key, a repeat is answered from the key (and writes nothing), not refused.
+    if refused := _unsigned(request, once=None if key is None else False):
         return refused
+    if key is not None and not (0 < len(key) <= 255 and key.isascii()):
+        return _error(400, "Idempotency-Key must be 1 to 255 ASCII characters")
     try:
         data = _parse(request.body)
     except BadRequest as exc:
@@ -98,6 +105,12 @@ def create_post(request: HttpRequest) -> JsonResponse:
     author = get_user_model().objects.filter(username=data["author"]).first()
     if author is None:
         return _error(400, f"unknown author: {data['author']!r}")
+    if key is None:
+        return _create_post(data, author)
+    return idempotent(key, request.body, lambda: _create_post(data, author))
+
+
+def _create_post(data: dict[str, Any], author: Any) -> JsonResponse:
     with transaction.atomic():  # the post, its tags and categories: all or nothing
         post = Post.objects.create(
             title=data["title"],
@@ -105,12 +118,63 @@ def create_post(request: HttpRequest) -> JsonResponse:
             author=author,
             callback_url=data.get("callback_url") or None,
         )
-        post.tags.add(*[Tag.objects.get_or_create(name=n)[0] for n in data.get("tags", [])])
-        post.categories.add(
-            *[Category.objects.get_or_create(name=n)[0] for n in data.get("categories", [])]
-        )
+        post.tags.add(*_named(Tag, data.get("tags", [])))
+        post.categories.add(*_named(Category, data.get("categories", [])))
     status_url = reverse("post-processing", args=[post.pk])
     return JsonResponse({"post_id": post.pk, "status_url": status_url}, status=202)
+
+
+def _named(model: Any, names: list[str]) -> list[Any]:
+    """The rows of these names, made where missing, in one statement, in name order: two
+    requests making the same new names at once both succeed (ON CONFLICT DO NOTHING waits
+    for the other's commit), and never take the names' locks in opposite orders (one by
+    one, get_or_create could deadlock, a 500)."""
+    if not names:
+        return []
+    new = [model(name=n) for n in sorted(set(names))]
+    model.objects.bulk_create(new, ignore_conflicts=True)
+    return list(model.objects.filter(name__in=names))
+
+
+def idempotent(key: str, body: bytes, create: Any) -> JsonResponse:
+    """The first response to `key`, made by `create()` once. A repeat with the same body
+    gets it again; with another body, a 422. Concurrent requests with one key wait for the
+    first one's commit (the key's insert conflicts), so exactly one runs `create`."""
+    digest = hashlib.sha256(body).hexdigest()
+    ttl = getattr(settings, "IDEMPOTENCY_KEY_TTL", 24 * 3600)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM blog_idempotencykey WHERE key = %s "
+            "AND created_at < now() - make_interval(secs => %s)",
+            [key, ttl],
+        )
+        cursor.execute(
+            "INSERT INTO blog_idempotencykey (key, request_hash, created_at) "
+            "VALUES (%s, %s, now()) ON CONFLICT (key) DO NOTHING RETURNING 1",
+            [key, digest],
+        )
+        if cursor.fetchone() is not None:  # the first: do it, and keep its answer
+            response = create()
+            cursor.execute(
+                "UPDATE blog_idempotencykey SET status = %s, response = %s WHERE key = %s",
+                [response.status_code, response.content.decode(), key],
+            )
+            if int(time.time()) % 10 == 0:  # now and then: forget expired keys
+                cursor.execute(
+                    "DELETE FROM blog_idempotencykey "
+                    "WHERE created_at < now() - make_interval(secs => %s)",
+                    [ttl],
+                )
+            return response
+        cursor.execute(
+            "SELECT request_hash, status, response FROM blog_idempotencykey WHERE key = %s",
+            [key],
+        )
+        request_hash, status_code, stored = cursor.fetchone()
+    if request_hash != digest:
+        return _error(422, "this Idempotency-Key was used with another body")
+    data = json.loads(stored) if isinstance(stored, str) else stored
+    return JsonResponse(data, status=status_code)
 
 
 @require_GET

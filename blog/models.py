@@ -98,3 +98,14 @@ class SeenSignature(models.Model):
 
     signature = models.CharField(max_length=64, primary_key=True)  # sha256 of the request
     seen_at = models.DateTimeField(db_index=True)
+
+
+class IdempotencyKey(models.Model):
+    """A sender's `Idempotency-Key` and the first response to it: a retry with the same
+    key and body gets that response again and writes nothing (``blog.api``)."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    request_hash = models.CharField(max_length=64)  # sha256 of the body
+    status = models.IntegerField(null=True)
+    response = models.JSONField(null=True)
+    created_at = models.DateTimeField(db_index=True)

@@ -115,6 +115,7 @@ WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET", DEVELOPMENT_SECRETS["WEBHOOK_S
 WEBHOOK_PREVIOUS_SECRETS = [
     s for s in os.environ.get("WEBHOOK_PREVIOUS_SECRETS", "").split(",") if s.strip()
 ]
+IDEMPOTENCY_KEY_TTL = 24 * 3600  # seconds an Idempotency-Key and its response are kept
 WEBHOOK_TOLERANCE = 300  # seconds a signed request stays valid (and its replay refused)
 WEBHOOK_MAX_BODY = int(os.environ.get("WEBHOOK_MAX_BODY", 1024 * 1024))  # bytes; more: 413
 

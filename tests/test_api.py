@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import psycopg
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
+from django.utils import timezone
 
 from blog import signing
-from blog.models import Post
+from blog.models import Post, Tag
 from eventbus.models import EventRecord
 from eventbus.testing import run_events
 from tests.support import HTTPReceiver, Listener, database_url, wait_until
@@ -240,3 +244,83 @@ def test_a_body_over_the_limit_is_a_413(client: Client, author: User, settings) 
     response = post_signed(client, signing.sign("POST", "/api/posts/", body), body)
     assert response.status_code == 413
     assert not Post.objects.exists()
+
+
+# --- Idempotent ingestion (issue 13) --------------------------------------------------
+
+
+def post_with_key(client: Client, key: str, payload: dict | None = None):
+    body = json.dumps(payload or NEW_POST).encode()
+    return post_signed(
+        client, signing.sign("POST", "/api/posts/", body), body, HTTP_IDEMPOTENCY_KEY=key
+    )
+
+
+@pytest.mark.django_db
+def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer_and_writes_nothing(
+    client: Client, author: User
+) -> None:
+    """Reproduced before: a sender that timed out and retried made a second post."""
+    first = post_with_key(client, "order-41")
+    again = post_with_key(client, "order-41")
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert Post.objects.count() == 1
+    other = post_with_key(client, "order-41", {**NEW_POST, "title": "Another"})
+    assert other.status_code == 422
+    assert "another body" in other.json()["error"]
+    assert Post.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_an_expired_idempotency_key_is_forgotten(client: Client, author: User) -> None:
+    from blog.models import IdempotencyKey
+
+    first = post_with_key(client, "order-42").json()
+    IdempotencyKey.objects.update(created_at=timezone.now() - timedelta(hours=25))
+    second = post_with_key(client, "order-42").json()
+    assert second["post_id"] != first["post_id"]
+
+
+def concurrently(n: int, request: Callable[[Client], object]) -> list:
+    """`request` from n threads at once, each with its own client and connection."""
+    barrier, results = threading.Barrier(n), []
+
+    def run() -> None:
+        try:
+            barrier.wait(10)
+            results.append(request(Client()))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twenty_concurrent_requests_with_one_key_make_exactly_one_post(author: User) -> None:
+    responses = concurrently(20, lambda c: post_with_key(c, "order-43"))
+    assert [r.status_code for r in responses] == [202] * 20
+    assert len({r.json()["post_id"] for r in responses}) == 1
+    assert Post.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_posts_making_the_same_new_tags_never_fail(author: User) -> None:
+    """20 posts at once, making the same 3 new tags, half of them listing the tags in the
+    opposite order: every request is a 202, and each tag exists once."""
+    names = ["new-a", "new-b", "new-c"]
+
+    def post(client: Client) -> object:
+        tags = names if threading.get_ident() % 2 else names[::-1]
+        key = f"tagging-{threading.get_ident()}"
+        return post_with_key(client, key, {**NEW_POST, "tags": tags})
+
+    responses = concurrently(20, post)
+    assert [r.status_code for r in responses] == [202] * 20
+    assert Post.objects.count() == 20
+    assert Tag.objects.filter(name__in=names).count() == 3
