@@ -400,17 +400,11 @@ def run_celery_email(bench: Bench, n: int, relay: Any, pool: str, concurrency: i
     bench.reset(trigger=False)
     relay.mailbox.messages.clear()
     env = bench.env(PEERS_SMTP_PORT=str(relay.port))
-    workers = celery_worker(python, pool, concurrency, env)
     try:
-        rate, _ = bench.measure(
-            lambda: bench.produce(python, "celery", "send_email", n, env),
-            lambda: len(relay.mailbox.messages) >= n,
-            n,
-            workers=[p.pid for p in workers.processes],
+        return measure_emails(
+            bench, python, "celery", n, relay, env, celery_worker(python, pool, concurrency, env)
         )
-        return rate
     finally:
-        workers.stop()
         redis_command("DEL", env["PEERS_QUEUE"])
 
 
@@ -420,9 +414,23 @@ def run_procrastinate_email(bench: Bench, n: int, relay: Any, concurrency: int) 
     relay.mailbox.messages.clear()
     env = bench.env(PROCRASTINATE_APP=PROCRASTINATE_APP, PEERS_SMTP_PORT=str(relay.port))
     workers = procrastinate_workers(bench, concurrency, env)
+    return measure_emails(bench, python, "procrastinate", n, relay, env, workers)
+
+
+def measure_emails(
+    bench: Bench,
+    python: Path,
+    system: str,
+    n: int,
+    relay: Any,
+    env: dict[str, str],
+    workers: Workers,
+) -> float:
+    """A peer's emails per second, from its producer's first write to the relay's last
+    message, its workers' memory and connections sampled; the workers stopped after."""
     try:
         rate, _ = bench.measure(
-            lambda: bench.produce(python, "procrastinate", "send_email", n, env),
+            lambda: bench.produce(python, system, "send_email", n, env),
             lambda: len(relay.mailbox.messages) >= n,
             n,
             workers=[p.pid for p in workers.processes],

@@ -350,13 +350,8 @@ class Executor:
                 singles.append(claim)
         # what `prefetch` loaders get: the batch's events whose payloads it holds
         with prefetching.batch([e for e in claims if e.id not in self._lazy]):
-            if singles and self._pipeline is not None:
+            if singles:  # always inside the claim's pipeline (see _run)
                 outcomes.update(self._handle_singles(singles, budget))
-            else:
-                for claim in singles:
-                    if outcomes and budget.exhausted():
-                        break
-                    outcomes[claim.id] = self._handle_one(claim)
             for channel, group in groups.items():
                 if outcomes and budget.exhausted():
                     break

@@ -58,10 +58,6 @@ class Liveness:
         self._cells[ALLOWANCE] = 0.0
         self._cells[BEAT] = time.monotonic()
 
-    def allowance(self) -> float:
-        """How long the running handler may take (inf: no limit); 0 while idle."""
-        return float(self._cells[ALLOWANCE])
-
     def silent_for(self) -> float:
         return time.monotonic() - self._cells[BEAT]
 

@@ -122,9 +122,6 @@ class Slots:
         process stops beating, and its supervisor kills it after the hang grace."""
         return any(cells.overdue(SLOT_GRACE) is not None for cells in self.liveness)
 
-    def busy(self) -> int:
-        return sum(1 for cells in self.liveness if cells.allowance())
-
     # --- One slot ------------------------------------------------------------------------
 
     def _run(self, index: int) -> None:
