@@ -18,6 +18,7 @@ Public API::
 __version__ = "0.1.0"
 
 from eventbus.declaring.channel import DELETE, INSERT, UPDATE, Channel
+from eventbus.declaring.collections import collection
 from eventbus.declaring.prefetch import prefetch
 from eventbus.declaring.retry import EXPONENTIAL, FIBONACCI, RetryPolicy
 from eventbus.errors import GiveUp, HandlerTimeout, MalformedEvent, RetryLater, RowGone
@@ -40,5 +41,6 @@ __all__ = [
     "RetryPolicy",
     "RowGone",
     "__version__",
+    "collection",
     "prefetch",
 ]

@@ -31,6 +31,10 @@ class Event:
     ``attempt`` counts from 1. ``queue`` is the name the event is stored and claimed
     under: the channel's name, or ``<channel>:<subscription>`` for a channel with
     subscriptions (each subscription gets its own event of the same change).
+
+    ``caused_by`` is the event whose handler wrote this one (``None`` for a root), and
+    ``collection`` the id its whole tree shares: its root's id, or the id that
+    ``eventbus.collection()`` reserved for the transaction that wrote it.
     """
 
     id: int
@@ -42,6 +46,8 @@ class Event:
     new: dict[str, Any] | None
     created_at: datetime
     attempt: int
+    caused_by: int | None = None
+    collection: int | None = None
 
     @property
     def channel(self) -> str:
@@ -76,6 +82,7 @@ class Event:
         """Build from a claim query row (see ``eventbus.sql.claim``); later columns of
         the row are the executor's."""
         id_, channel, operation, table, key, old, new, created_at, attempts = row[:9]
+        caused_by, collection = row[9:11]
         if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
             created_at = datetime.fromtimestamp(created_at, UTC)
         return cls(
@@ -88,4 +95,6 @@ class Event:
             decode_payload(new),
             created_at,
             attempts + 1,
+            caused_by,
+            collection,
         )

@@ -63,6 +63,12 @@ class EventRecord(models.Model):
     # One entry per failed attempt: {"attempt", "at", "worker", "error"}.
     errors = models.JSONField(**db_default([], default=list), blank=True)
     worker = models.CharField(max_length=128, null=True, blank=True)
+    # Causation (eventbus.declaring.collections): the event whose handler wrote this one,
+    # and the collection it belongs to (its root's id, or the id `eventbus.collection()`
+    # reserved); NULL for a root that is its own collection. Their database defaults read
+    # the writer's transaction settings, so triggers and `publish` fill them unasked.
+    caused_by = models.BigIntegerField(null=True, blank=True)
+    correlation_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         db_table = "eventbus_event"
@@ -90,6 +96,12 @@ class EventRecord(models.Model):
             # recover --dead and operators.
             models.Index(
                 fields=["channel", "id"], name="eventbus_event_dead", condition=models.Q(state=DEAD)
+            ),
+            # A collection's members (events tree, the status API). Roots are found by id.
+            models.Index(
+                fields=["correlation_id"],
+                name="eventbus_event_collection",
+                condition=models.Q(correlation_id__isnull=False),
             ),
         ]
 

@@ -72,10 +72,10 @@ def claim_pinned(pin: sql.Composable, claim_query: sql.Composable) -> sql.Compos
 def claim(scope: Scope, limit: int, inline: int = 2**62) -> tuple[sql.Composed, dict[str, Any]]:
     """Lock and return up to `limit` events of `scope`, oldest first, skipping locked ones.
 
-    Each row: the event's columns (``Event.from_row``), with a payload larger than
-    `inline` bytes left out (fetched by `payloads` just before its handler runs, so a
-    batch of large rows cannot exhaust memory); whether it was left out; and the event's
-    transient errors so far.
+    Each row: the event's columns (``Event.from_row``: its cause and collection last),
+    with a payload larger than `inline` bytes left out (fetched by `payloads` just before
+    its handler runs, so a batch of large rows cannot exhaust memory); whether it was
+    left out; and the event's transient errors so far.
     """
     where, params = _where(scope)
     query = sql.SQL(
@@ -83,6 +83,7 @@ def claim(scope: Scope, limit: int, inline: int = 2**62) -> tuple[sql.Composed, 
         "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.old END, "
         "CASE WHEN s.bytes > %(inline)s THEN NULL ELSE e.new END, "
         "extract(epoch FROM e.created_at)::float8, e.attempts, "
+        "e.caused_by, coalesce(e.correlation_id, e.id), "
         "s.bytes > %(inline)s, e.transient_errors "
         "FROM {table} AS e CROSS JOIN LATERAL (SELECT coalesce(octet_length(e.old::text), 0) "
         "+ coalesce(octet_length(e.new::text), 0) AS bytes) AS s "
@@ -236,6 +237,25 @@ def newest_ids(scope: Scope, limit: int) -> tuple[sql.Composed, dict[str, Any]]:
     return query, {**params, "limit": limit}
 
 
+# --- Collections (eventbus.declaring.collections) ---------------------------------------
+
+
+def open_collection(join: int | None) -> tuple[sql.Composed, list[Any]]:
+    """Set the transaction's collection (`join`, or a new id from the event sequence);
+    returns it and the setting it replaced."""
+    query = sql.SQL(
+        "WITH p AS MATERIALIZED (SELECT coalesce(current_setting('eventbus.correlation', "
+        "true), '') AS previous) SELECT set_config('eventbus.correlation', coalesce(%s, "
+        "nextval(pg_get_serial_sequence({table}, 'id')))::text, true)::bigint, p.previous "
+        "FROM p"
+    ).format(table=sql.Literal("eventbus_event"))
+    return query, [join]
+
+
+def close_collection(previous: str) -> tuple[sql.SQL, list[Any]]:
+    return sql.SQL("SELECT set_config('eventbus.correlation', %s, true)"), [previous]
+
+
 def max_id() -> sql.Composed:
     return sql.SQL("SELECT coalesce(max(id), 0) FROM {table}").format(table=TABLE)
 
@@ -244,8 +264,8 @@ def events_after(after_id: int) -> tuple[sql.Composed, list[Any]]:
     """Events with an id above `after_id`, oldest first, as ``Event.from_row`` reads them
     (``eventbus.testing``: what a block of code wrote)."""
     query = sql.SQL(
-        "SELECT id, channel, operation, table_name, key, old, new, created_at, attempts "
-        "FROM {table} WHERE id > %s ORDER BY id"
+        "SELECT id, channel, operation, table_name, key, old, new, created_at, attempts, "
+        "caused_by, coalesce(correlation_id, id) FROM {table} WHERE id > %s ORDER BY id"
     ).format(table=TABLE)
     return query, [after_id]
 

@@ -13,11 +13,15 @@ import psycopg
 from django.db import connections, transaction
 
 from eventbus import sql
-from eventbus.event import RUNNABLE
+from django.db.models import Q
+
+from eventbus.event import DEAD, DONE, FAILED, PENDING, RUNNABLE
 from eventbus.models import EventRecord
 from eventbus.running.connections import connection_params
 
 RUNNING = "running"
+# A collection's state is the worst of its members' states, in this order.
+WORST_FIRST = (DEAD, FAILED, RUNNING, PENDING, DONE)
 
 
 def claimed_ids(ids: Iterable[int], alias: str = "default") -> set[int]:
@@ -52,6 +56,41 @@ def as_dict(record: EventRecord, state: str | None = None) -> dict[str, Any]:
         "run_after": iso(record.run_after),
         "worker": record.worker,
         "last_error": record.last_error,
+        "caused_by": record.caused_by,
+        "collection": record.correlation_id or record.id,
+    }
+
+
+def worst(states: Iterable[str]) -> str:
+    """The state of a whole made of these: dead, failed, running, pending, else done."""
+    present = set(states)
+    return next((s for s in WORST_FIRST if s in present), DONE)
+
+
+def collection_id(event_id: int, alias: str = "default") -> int | None:
+    """The collection event `event_id` belongs to, or None if there is no such event."""
+    row = EventRecord.objects.using(alias).filter(pk=event_id).values_list("correlation_id")
+    found = row.first()
+    return None if found is None else (found[0] or event_id)
+
+
+def collection(collection: int, alias: str = "default") -> dict[str, Any]:
+    """A collection's members (oldest first, each as `as_dict`) and its overall state.
+
+    `collection` is a collection's id (its root event's id, or the one that
+    ``eventbus.collection()`` reserved). A collection with no events is ``pending``:
+    its events may not be committed yet, or were purged.
+    """
+    records = list(
+        EventRecord.objects.using(alias)
+        .filter(Q(pk=collection) | Q(correlation_id=collection))
+        .order_by("id")
+    )
+    members = describe(records, alias)
+    return {
+        "collection": collection,
+        "state": worst(m["state"] for m in members) if members else PENDING,
+        "events": members,
     }
 
 

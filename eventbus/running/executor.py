@@ -218,8 +218,8 @@ class Executor:
                     rows = self._claim_rows(cursor, scope, limit, inline)
                 claims = [from_row(row) for row in rows]
                 # what the claim learnt besides the events, for the few it concerns
-                self._lazy = {row[0] for row in rows if row[9]}
-                self._transients = {row[0]: row[10] for row in rows if row[10]}
+                self._lazy = {row[0] for row in rows if row[11]}
+                self._transients = {row[0]: row[12] for row in rows if row[12]}
                 if not claims:
                     return []
                 if len(claims) >= limit:
@@ -381,6 +381,7 @@ class Executor:
                     timeout = policies[event.queue].timeout
                     liveness.busy(timeout)
                     started = perf_counter()
+                    self._cause([event])
                     limit.rearm(timeout)
                     self._inject_fault(event)
                     registry.handler_for(event.queue).handler(event)
@@ -426,6 +427,7 @@ class Executor:
                 fired = False
                 liveness.busy(timeout)
                 started = perf_counter()
+                pipeline.caused_by(event.id, event.collection)
                 try:
                     with pipeline.event():
                         try:
@@ -532,6 +534,7 @@ class Executor:
         limit = None
         error: BaseException | None = None
         self.liveness.busy(timeout)
+        self._cause(events)
         try:
             savepoint = (
                 self._pipeline.event()
@@ -592,6 +595,17 @@ class Executor:
 
         with connections[self.alias].execute_wrapper(check):
             yield
+
+    def _cause(self, events: list[Event]) -> None:
+        """What the handler about to run writes was caused by its event; a batch
+        handler's writes name no single cause, unless its events share a collection."""
+        if self._pipeline is None:
+            return
+        if len(events) == 1:
+            self._pipeline.caused_by(events[0].id, events[0].collection)
+        else:
+            shared = {e.collection for e in events}
+            self._pipeline.caused_by(None, shared.pop() if len(shared) == 1 else None)
 
     def _inject_fault(self, event: Event) -> None:
         """EVENTBUS_FAULT_RATE: fail this attempt on purpose, before its handler runs."""

@@ -15,6 +15,13 @@ SAVEPOINT and RELEASE, and they were most of a small handler's time (69 %, profi
   is on Django's stack from the start, so ``on_commit`` callbacks registered before the
   first query are dropped with a failed attempt, as Django drops them.
 
+**Causation rides along too.** Before a handler's first write, the pipeline sets the
+transaction-local settings that the event table's defaults read (``caused_by``,
+``correlation_id``), so events that the handler publishes, or that triggers write for
+its writes, name their cause. With a per-event savepoint it is sent in the savepoint's
+own string; it costs a round trip only where a handler writes without one of its own
+(``isolation="batch"``). Reads never wait for it: a plain ``SELECT`` writes no event.
+
 The rule that comes with it: the savepoint opens when a statement passes through
 Django's execute wrappers (the ORM, ``cursor.execute``/``executemany``, ``.iterator()``).
 A write that does not (``cursor.copy()``, or the raw psycopg connection underneath)
@@ -36,6 +43,13 @@ from django.db import DatabaseError
 
 SAVEPOINT_SQL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
 _names = itertools.count(1)
+_UNKNOWN = (-1, -1)  # what the server holds after a rollback: send the cause again
+
+# Read by the event table's column defaults (eventbus/migrations/0008_causation.py).
+CAUSE = (
+    "SELECT set_config('eventbus.caused_by', '{}', true), "
+    "set_config('eventbus.correlation', '{}', true)"
+)
 
 
 class Pipeline:
@@ -46,6 +60,12 @@ class Pipeline:
         self.held: list[str] = []  # statements to send with the next savepoint statement
         self.lazy: str | None = None  # a savepoint named, to open at the next statement
         self.opened = False  # the current lazy savepoint was opened
+        self.wanted = (0, 0)  # (cause, collection) for what handlers write now; 0: none
+        self.sent = (0, 0)  # what the server holds: a new transaction holds none
+
+    def caused_by(self, event_id: int | None, collection: int | None) -> None:
+        """Events written from now on were caused by `event_id`, in `collection`."""
+        self.wanted = (event_id or 0, collection or 0)
 
     def __call__(
         self, execute: Callable[..., Any], sql_: Any, params: Any, many: bool, ctx: Any
@@ -54,9 +74,14 @@ class Pipeline:
         if own and sql_.startswith("RELEASE SAVEPOINT "):
             self.held.append(sql_)
             return None
+        if own and sql_.startswith("ROLLBACK TO SAVEPOINT "):
+            self.sent = _UNKNOWN  # a cause set inside it is undone
         opening, self.lazy = self.lazy, None
         if opening is not None:
             self.held.append(f'SAVEPOINT "{opening}"')
+        if self.wanted != self.sent and (opening is not None or _writes(sql_)):
+            self.held.append(CAUSE.format(*(n or "" for n in self.wanted)))
+            self.sent = self.wanted
         if not self.held:
             return execute(sql_, params, many, ctx)
         held, self.held = self.held, []
@@ -100,6 +125,7 @@ class Pipeline:
         ]
         if not self.opened:
             return  # no statement ran: nothing to roll back
+        self.sent = _UNKNOWN  # a cause set inside the savepoint is undone with it
         try:
             with connection.cursor() as cursor:
                 cursor.execute(f'ROLLBACK TO SAVEPOINT "{sid}"')
@@ -137,6 +163,15 @@ class EventSavepoint:
             pipeline.lazy = None
             if connection.savepoint_ids and connection.savepoint_ids[-1] == sid:
                 connection.savepoint_ids.pop()
+
+
+def _writes(statement: Any) -> bool:
+    """Whether a statement may write rows (so fire a channel trigger): all but a plain
+    ``SELECT``, ``SHOW`` and savepoint statements. A composed or bytes one counts."""
+    if not isinstance(statement, str):
+        return True
+    head = statement.lstrip()[:9].upper()
+    return not head.startswith(("SELECT", "SHOW", "SAVEPOINT", "RELEASE", "ROLLBACK"))
 
 
 @contextlib.contextmanager
