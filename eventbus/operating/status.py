@@ -11,10 +11,9 @@ from typing import Any
 
 import psycopg
 from django.db import connections, transaction
-
-from eventbus import sql
 from django.db.models import Q
 
+from eventbus import sql
 from eventbus.event import DEAD, DONE, FAILED, PENDING, RUNNABLE
 from eventbus.models import EventRecord
 from eventbus.running.connections import connection_params
