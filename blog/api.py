@@ -26,11 +26,13 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+import eventbus
 from blog import signing, tasks
 from blog.models import Category, Post, Tag
-from eventbus.event import DEAD, DONE, FAILED, PENDING
+from eventbus.event import DEAD, FAILED, PENDING
 from eventbus.models import EventRecord
 from eventbus.operating import status
+from listeners.digest import digest
 
 try:  # Django 6.0+
     from django.tasks.exceptions import TaskResultDoesNotExist, TaskResultMismatch
@@ -111,7 +113,9 @@ def create_post(request: HttpRequest) -> JsonResponse:
 
 
 def _create_post(data: dict[str, Any], author: Any) -> JsonResponse:
-    with transaction.atomic():  # the post, its tags and categories: all or nothing
+    # The post, its tags and categories: all or nothing, and one collection with what
+    # their handlers cause (processing, the callback): one state to report.
+    with eventbus.collection() as collection:
         post = Post.objects.create(
             title=data["title"],
             body=data["body"],
@@ -121,7 +125,15 @@ def _create_post(data: dict[str, Any], author: Any) -> JsonResponse:
         post.tags.add(*_named(Tag, data.get("tags", [])))
         post.categories.add(*_named(Category, data.get("categories", [])))
     status_url = reverse("post-processing", args=[post.pk])
-    return JsonResponse({"post_id": post.pk, "status_url": status_url}, status=202)
+    return JsonResponse(
+        {
+            "post_id": post.pk,
+            "status_url": status_url,
+            "collection": collection,
+            "collection_url": reverse("collection", args=[collection]),
+        },
+        status=202,
+    )
 
 
 def _named(model: Any, names: list[str]) -> list[Any]:
@@ -187,14 +199,6 @@ def event_status(request: HttpRequest, event_id: int) -> JsonResponse:
     return JsonResponse(status.describe([record])[0])
 
 
-def overall(states: list[str]) -> str:
-    """A post's processing state from its events' states, worst first."""
-    for state in (DEAD, FAILED, status.RUNNING, PENDING):
-        if state in states:
-            return state
-    return DONE
-
-
 @require_GET
 def post_processing(request: HttpRequest, post_id: int) -> JsonResponse:
     if refused := _unsigned(request):
@@ -202,11 +206,8 @@ def post_processing(request: HttpRequest, post_id: int) -> JsonResponse:
     post = Post.objects.filter(pk=post_id).first()
     if post is None:
         return _error(404, f"no post {post_id}")
-    records = list(
-        EventRecord.objects.filter(channel__in=PROCESSING_CHANNELS, key=str(post_id)).order_by("id")
-    )
-    events = status.describe(records)
-    state = overall([e["state"] for e in events]) if events else PENDING
+    events = _processing_events(post_id)
+    state = status.worst(e["state"] for e in events) if events else PENDING
     errors = [e["last_error"].splitlines()[0] for e in events if e["last_error"]]
     return JsonResponse(
         {
@@ -220,6 +221,31 @@ def post_processing(request: HttpRequest, post_id: int) -> JsonResponse:
     )
 
 
+def _processing_events(post_id: int) -> list[dict[str, Any]]:
+    """The post's processing events and their collections' members (its callback): a
+    post made through the API is one collection; one made elsewhere may be several."""
+    records = EventRecord.objects.filter(channel__in=PROCESSING_CHANNELS, key=str(post_id))
+    collections = sorted({r.correlation_id or r.id for r in records})
+    found = {e["id"]: e for c in collections for e in status.collection(c)["events"]}
+    found.update((e["id"], e) for e in status.describe(list(records)))
+    return [found[i] for i in sorted(found)]
+
+
+@require_GET
+def collection(request: HttpRequest, collection_id: int) -> JsonResponse:
+    """A collection's state (the worst of its events') and its events; any member's id
+    finds it."""
+    if refused := _unsigned(request):
+        return refused
+    found = status.collection_id(collection_id)
+    if found is None:  # a reserved id (eventbus.collection()) has members but no event
+        found = collection_id
+    result = status.collection(found)
+    if not result["events"]:
+        return _error(404, f"no collection {collection_id}")
+    return JsonResponse(result)
+
+
 MAX_ADDRESSES = 1000
 
 
@@ -231,6 +257,14 @@ def _parse_emails(body: bytes) -> tuple[list[str], str, str]:
         raise BadRequest(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
+    addresses = _addresses(data)
+    missing = [k for k in ("subject", "body") if not isinstance(data.get(k), str)]
+    if missing:
+        raise BadRequest(f"missing or not a string: {', '.join(missing)}")
+    return addresses, data["subject"], data["body"]
+
+
+def _addresses(data: dict[str, Any]) -> list[str]:
     addresses = data.get("addresses")
     if not isinstance(addresses, list) or not addresses:
         raise BadRequest("addresses must be a non-empty list of email addresses")
@@ -241,10 +275,18 @@ def _parse_emails(body: bytes) -> tuple[list[str], str, str]:
             validate_email(address)
         except (ValidationError, TypeError):
             raise BadRequest(f"not an email address: {address!r}") from None
-    missing = [k for k in ("subject", "body") if not isinstance(data.get(k), str)]
-    if missing:
-        raise BadRequest(f"missing or not a string: {', '.join(missing)}")
-    return addresses, data["subject"], data["body"]
+    return addresses
+
+
+def _parse_addresses(body: bytes) -> list[str]:
+    """{"addresses": [...]}: every address valid."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return _addresses(data)
 
 
 @csrf_exempt
@@ -261,6 +303,23 @@ def send_emails(request: HttpRequest) -> JsonResponse:
     status_url = reverse("email-task", args=[result.id])
     return JsonResponse(
         {"task_id": result.id, "status": result.status, "status_url": status_url}, status=202
+    )
+
+
+@csrf_exempt
+@require_POST
+def send_digest(request: HttpRequest) -> JsonResponse:
+    """Start the digest chain (collect the newest posts, then email them); answer at once
+    with the chain's collection, whose status URL follows every step and the end."""
+    if refused := _unsigned(request):
+        return refused
+    try:
+        addresses = _parse_addresses(request.body)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    started = digest.start({"addresses": addresses})
+    return JsonResponse(
+        {"collection": started, "status_url": reverse("collection", args=[started])}, status=202
     )
 
 

@@ -17,6 +17,7 @@ Public API::
 # The one place the version lives: pyproject.toml reads this literal (setuptools, statically).
 __version__ = "0.1.0"
 
+from eventbus.declaring.chains import Chain, ChainEnd
 from eventbus.declaring.channel import DELETE, INSERT, UPDATE, Channel
 from eventbus.declaring.collections import collection
 from eventbus.declaring.prefetch import prefetch
@@ -31,6 +32,8 @@ __all__ = [
     "FIBONACCI",
     "INSERT",
     "UPDATE",
+    "Chain",
+    "ChainEnd",
     "Channel",
     "Event",
     "GiveUp",

@@ -42,6 +42,7 @@ class Scope:
     ordered_channels: tuple[str, ...] = ()  # one event at a time per key, in id order
     exclude_ids: tuple[int, ...] = ()  # already attempted by this replay
     keys: tuple[str, ...] | None = None  # operators: one order's, one post's events
+    collection: int | None = None  # one collection's events (eventbus.collection)
 
 
 # The claim must walk the runnable index in id order and stop after `limit` rows. With
@@ -297,6 +298,9 @@ def _where(scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
     if scope.keys is not None:
         parts.append(sql.SQL("e.key = ANY(%(keys)s)"))
         params["keys"] = list(scope.keys)
+    if scope.collection is not None:
+        parts.append(sql.SQL("(e.id = %(collection)s OR e.correlation_id = %(collection)s)"))
+        params["collection"] = scope.collection
     if scope.ids is not None:
         parts.append(sql.SQL("e.id = ANY(%(ids)s)"))
         params["ids"] = list(scope.ids)

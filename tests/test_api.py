@@ -324,3 +324,71 @@ def test_concurrent_posts_making_the_same_new_tags_never_fail(author: User) -> N
     assert [r.status_code for r in responses] == [202] * 20
     assert Post.objects.count() == 20
     assert Tag.objects.filter(name__in=names).count() == 3
+
+
+# --- Collections and chains (issue 13) --------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_posts_collection_holds_its_links_processing_and_callback_with_the_worst_state(
+    client: Client, author: User, settings
+) -> None:
+    receiver = HTTPReceiver(statuses=[503] * 10)  # the sender's callback receiver is down
+    try:
+        answer = call(client, "POST", "/api/posts/", {**NEW_POST, "callback_url": receiver.url})
+        collection_url = answer.json()["collection_url"]
+        assert call(client, "GET", collection_url).json()["state"] == "pending"
+        run_events()
+    finally:
+        receiver.stop()
+    post_id = answer.json()["post_id"]
+    found = call(client, "GET", collection_url).json()
+    channels = sorted(e["channel"] for e in found["events"])
+    assert channels == [
+        "post_categories_changed",
+        "post_created",
+        "post_processing_finished",  # the callback, caused by the processing
+        "post_tags_changed",
+        "post_tags_changed",
+    ]
+    callback = next(e for e in found["events"] if e["channel"] == "post_processing_finished")
+    assert callback["state"] in ("failed", "dead") and found["state"] == callback["state"]
+    processing = call(client, "GET", f"/api/posts/{post_id}/processing/").json()
+    assert processing["state"] == callback["state"]  # processed, but the callback is not
+    assert processing["word_count"] == 3
+    member = f"/api/collections/{callback['id']}/"  # any member's id finds it
+    assert call(client, "GET", member).json()["collection"] == found["collection"]
+    assert call(client, "GET", "/api/collections/999999/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_digest_chain_runs_its_steps_in_order_and_reports_through_one_status_url(
+    client: Client, author: User, settings, smtp
+) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp.port
+    Post.objects.create(title="Engines", body="b", author=author)
+    answer = call(client, "POST", "/api/digests/", {"addresses": ["bob@example.com"]})
+    assert answer.status_code == 202
+    run_events(["post_digest"])
+    found = call(client, "GET", answer.json()["status_url"]).json()
+    assert found["state"] == "done"
+    assert [e["state"] for e in found["events"]] == ["done"] * 3  # two steps and the end
+    [message] = smtp.mailbox.snapshot()
+    assert message["Subject"] == "1 new posts" and "- Engines" in message.get_payload()
+
+
+@pytest.mark.django_db
+def test_a_digest_that_dies_collecting_never_sends_and_its_end_still_runs(
+    client: Client, settings, smtp
+) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp.port
+    answer = call(client, "POST", "/api/digests/", {"addresses": ["bob@example.com"]})
+    run_events(["post_digest"])  # no posts: collecting gives up
+    found = call(client, "GET", answer.json()["status_url"]).json()
+    assert found["state"] == "dead"
+    first, end = found["events"]
+    assert first["last_error"].startswith("GiveUp: no posts to send")
+    assert (end["state"], end["caused_by"]) == ("done", first["id"])
+    assert smtp.mailbox.snapshot() == []

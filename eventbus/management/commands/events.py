@@ -79,6 +79,18 @@ class Command(EventbusCommand):
         retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="event ids")
         _filters(retry, maintenance.REQUEUABLE)
         _since(retry)
+        retry.add_argument(
+            "--collection",
+            type=int,
+            metavar="ID",
+            help="the failed or dead events of the collection of event ID (a chain resumes "
+            "at its failed step; what succeeded is not repeated)",
+        )
+        tree = actions.add_parser(
+            "tree", help="the collection of an event: every event it caused, with its state"
+        )
+        tree.add_argument("id", type=int, metavar="ID", help="any event of the collection")
+        tree.add_argument("--json", action="store_true", help="the collection as one JSON object")
         purge = actions.add_parser(
             "purge", help="delete events in batches: done or dead history, or a channel's"
         )
@@ -102,6 +114,8 @@ class Command(EventbusCommand):
         action = options.get("action")
         if action == "retry":
             self.retry(options)
+        elif action == "tree":
+            self.tree(options)
         elif action == "purge":
             self.purge(options)
         else:
@@ -159,14 +173,20 @@ class Command(EventbusCommand):
         wanted = _options.states(options["state"], maintenance.REQUEUABLE)
         channels = _options.stored_channels(options["channel"], alias)
         keys = tuple(options["key"]) if options["key"] else None
-        if ids is None and wanted is None and channels is None and keys is None:
-            raise CommandError("say which events: IDs, --state, --channel or --key")
+        collection = None
+        if options["collection"] is not None:
+            collection = status.collection_id(options["collection"], alias)
+            if collection is None:
+                raise CommandError(f"no event {options['collection']}")
+        if (ids, wanted, channels, keys, collection) == (None,) * 5:
+            raise CommandError("say which events: IDs, --state, --channel, --key or --collection")
         scope = Scope(
             states=wanted or maintenance.REQUEUABLE,
             channels=channels,
             keys=keys,
             ids=ids,
             since=_options.timestamp(options["since"]),
+            collection=collection,
         )
         rows = maintenance.requeue(scope, alias)
         listed = f": {', '.join(str(i) for i, _ in rows)}" if 0 < len(rows) <= 20 else ""
@@ -177,6 +197,20 @@ class Command(EventbusCommand):
                 self.stderr.write(
                     f"not re-queued (not failed or dead, or unknown): {', '.join(map(str, missed))}"
                 )
+
+    def tree(self, options: dict[str, Any]) -> None:
+        alias = conf.get().DATABASE_ALIAS
+        collection = status.collection_id(options["id"], alias)
+        if collection is None:
+            raise CommandError(f"no event {options['id']}")
+        found = status.collection(collection, alias)
+        if options["json"]:
+            self.stdout.write(json.dumps(found))
+            return
+        events = found["events"]
+        self.stdout.write(f"collection {collection}: {found['state']} ({len(events)} event(s))")
+        for depth, event in tree_order(events):
+            self.stdout.write("  " * depth + _tree_line(event))
 
     def purge(self, options: dict[str, Any]) -> None:
         alias = conf.get().DATABASE_ALIAS
@@ -221,6 +255,33 @@ class Command(EventbusCommand):
             self.stdout.write("  (nothing)")
         for (channel, state), count in sorted(counts.items()):
             self.stdout.write(f"  {channel:<28} {state:<8} {count:>8}")
+
+
+def tree_order(events: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """Events depth first, each under the event that caused it (roots in id order)."""
+    ids = {e["id"] for e in events}
+    children: dict[int | None, list[dict[str, Any]]] = {}
+    for event in events:
+        parent = event["caused_by"] if event["caused_by"] in ids else None
+        children.setdefault(parent, []).append(event)
+    ordered: list[tuple[int, dict[str, Any]]] = []
+    stack = [(0, e) for e in reversed(children.get(None, []))]
+    while stack:
+        depth, event = stack.pop()
+        ordered.append((depth, event))
+        stack += [(depth + 1, c) for c in reversed(children.get(event["id"], []))]
+    return ordered
+
+
+def _tree_line(event: dict[str, Any]) -> str:
+    """`812 post_created key=41: done (1 attempt)`, with a failure's first error line."""
+    key = f" key={event['key']}" if event["key"] is not None else ""
+    attempts = event["attempts"]
+    text = f"{event['id']} {event['channel']}{key}: {event['state']}"
+    text += f" ({attempts} attempt{'s' if attempts != 1 else ''})"
+    if event["state"] != DONE and event["last_error"]:
+        text += f": {_cell('last_error', event['last_error'])}"
+    return text
 
 
 def _purge_description(
