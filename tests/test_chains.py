@@ -61,10 +61,17 @@ def test_steps_run_in_order_with_each_steps_results_and_the_end_reports_done() -
     assert ran == {"request_certificate": 1, "install_certificate": 1, "announce": 1}
     [end] = ends
     assert (end.state, end.step, end.error) == ("done", None, None)
-    assert end.data == {"domain": "blog.example", "order": "order-for-blog.example", "installed": True}
+    assert end.data == {
+        "domain": "blog.example",
+        "order": "order-for-blog.example",
+        "installed": True,
+    }
     found = status.collection(start)
     assert found["state"] == "done" and len(found["events"]) == 4  # 3 steps and the end
-    assert [e["caused_by"] for e in found["events"]] == [None, *[e["id"] for e in found["events"][:3]]]
+    assert [e["caused_by"] for e in found["events"]] == [
+        None,
+        *[e["id"] for e in found["events"][:3]],
+    ]
 
 
 def test_a_dead_step_stops_the_chain_and_the_end_reports_it() -> None:
@@ -112,5 +119,8 @@ def test_events_tree_shows_the_chain_under_its_start() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0] == f"collection {start}: dead (3 event(s))"
     assert lines[1] == f"{start} chain_certificate: done (1 attempt)"
-    assert lines[2].startswith("  ") and "chain_certificate: dead (2 attempts): RuntimeError" in lines[2]
+    assert (
+        lines[2].startswith("  ")
+        and "chain_certificate: dead (2 attempts): RuntimeError" in lines[2]
+    )
     assert lines[3].startswith("    ") and lines[3].endswith("chain_certificate: done (1 attempt)")
