@@ -257,6 +257,14 @@ def close_collection(previous: str) -> tuple[sql.SQL, list[Any]]:
     return sql.SQL("SELECT set_config('eventbus.correlation', %s, true)"), [previous]
 
 
+# Tables with triggers of any kind (a channel's, or one that may write to such a table):
+# a handler's write elsewhere makes no event (eventbus.running.savepoints).
+TRIGGERED_TABLES = (
+    "SELECT DISTINCT c.relname FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid "
+    "WHERE NOT t.tgisinternal"
+)
+
+
 def max_id() -> sql.Composed:
     return sql.SQL("SELECT coalesce(max(id), 0) FROM {table}").format(table=TABLE)
 

@@ -160,6 +160,7 @@ class Executor:
         self._fits = 2**31  # events the last claim transaction could handle (see _claim_size)
         self.on_full_claim: Callable[[], None] = lambda: None
         self._pipeline: Pipeline | None = None  # the claim transaction's savepoints
+        self._triggered: frozenset[str] | None = None  # tables with triggers (causation)
         self.quarantine: Quarantine | None = None  # handler slots: suspects run alone
 
     # --- A batch ---------------------------------------------------------------------
@@ -246,7 +247,7 @@ class Executor:
                     handling.close()
                     handling.enter_context(self.quarantine.exclusive(self.liveness.beat))
                     unfinished = self.ledger.started(starts)
-                with pipelined(connection) as self._pipeline:
+                with pipelined(connection, self._triggered_tables()) as self._pipeline:
                     try:
                         if unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
                             # The start just recorded stays: if the on_dead hook kills the
@@ -595,6 +596,16 @@ class Executor:
 
         with connections[self.alias].execute_wrapper(check):
             yield
+
+    def _triggered_tables(self) -> frozenset[str]:
+        """Tables with triggers, read once: writes elsewhere need no cause set first.
+        The event table is always one (``publish`` writes it)."""
+        if self._triggered is None:
+            with connections[self.alias].cursor() as cursor:
+                cursor.execute(sql.TRIGGERED_TABLES)
+                found = {row[0] for row in cursor.fetchall()}
+            self._triggered = frozenset(found | {"eventbus_event"})
+        return self._triggered
 
     def _cause(self, events: list[Event]) -> None:
         """What the handler about to run writes was caused by its event; a batch

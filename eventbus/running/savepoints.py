@@ -15,12 +15,14 @@ SAVEPOINT and RELEASE, and they were most of a small handler's time (69 %, profi
   is on Django's stack from the start, so ``on_commit`` callbacks registered before the
   first query are dropped with a failed attempt, as Django drops them.
 
-**Causation rides along too.** Before a handler's first write, the pipeline sets the
-transaction-local settings that the event table's defaults read (``caused_by``,
-``correlation_id``), so events that the handler publishes, or that triggers write for
-its writes, name their cause. With a per-event savepoint it is sent in the savepoint's
-own string; it costs a round trip only where a handler writes without one of its own
-(``isolation="batch"``). Reads never wait for it: a plain ``SELECT`` writes no event.
+**Causation rides along too.** Before a handler's first write that can make an event,
+the pipeline sets the transaction-local settings that the event table's defaults read
+(``caused_by``, ``correlation_id``), so events that the handler publishes, or that
+triggers write for its writes, name their cause. With a per-event savepoint it is sent
+in the savepoint's own string. Without one (``isolation="batch"``) it costs a round trip,
+so it is sent only before a statement that can make an event: not before a plain
+``SELECT``, nor before an INSERT, UPDATE or DELETE of a table with no trigger at all
+(``triggered``: the tables with triggers, read once per worker).
 
 The rule that comes with it: the savepoint opens when a statement passes through
 Django's execute wrappers (the ORM, ``cursor.execute``/``executemany``, ``.iterator()``).
@@ -35,7 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import psycopg
@@ -55,8 +58,9 @@ CAUSE = (
 class Pipeline:
     """An execute wrapper on the claim connection for the length of a claim transaction."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, triggered: Collection[str] | None = None) -> None:
         self.connection = connection
+        self.triggered = triggered  # tables with triggers; None: any write may make events
         self.held: list[str] = []  # statements to send with the next savepoint statement
         self.lazy: str | None = None  # a savepoint named, to open at the next statement
         self.opened = False  # the current lazy savepoint was opened
@@ -79,7 +83,9 @@ class Pipeline:
         opening, self.lazy = self.lazy, None
         if opening is not None:
             self.held.append(f'SAVEPOINT "{opening}"')
-        if self.wanted != self.sent and (opening is not None or _writes(sql_)):
+        if self.wanted != self.sent and (
+            opening is not None or may_make_events(sql_, self.triggered)
+        ):
             self.held.append(CAUSE.format(*(n or "" for n in self.wanted)))
             self.sent = self.wanted
         if not self.held:
@@ -165,18 +171,34 @@ class EventSavepoint:
                 connection.savepoint_ids.pop()
 
 
-def _writes(statement: Any) -> bool:
-    """Whether a statement may write rows (so fire a channel trigger): all but a plain
-    ``SELECT``, ``SHOW`` and savepoint statements. A composed or bytes one counts."""
+_NO_EVENTS = ("SELECT", "SHOW", "SAVEPOINT", "RELEASE", "ROLLBACK")
+_NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
+_TARGET = re.compile(
+    rf"\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(?:ONLY\s+)?(?:{_NAME}\s*\.\s*)?({_NAME})",
+    re.IGNORECASE,
+)
+
+
+def may_make_events(statement: Any, triggered: Collection[str] | None) -> bool:
+    """Whether a statement can write an event: not a plain ``SELECT``, ``SHOW`` or
+    savepoint statement, nor a write to a table outside `triggered`. Anything else
+    (a composed statement, ``WITH``, ``COPY``, a function call) counts as one."""
     if not isinstance(statement, str):
         return True
-    head = statement.lstrip()[:9].upper()
-    return not head.startswith(("SELECT", "SHOW", "SAVEPOINT", "RELEASE", "ROLLBACK"))
+    if statement.lstrip()[:9].upper().startswith(_NO_EVENTS):
+        return False
+    if triggered is None or (target := _TARGET.match(statement)) is None:
+        return True
+    name = target.group(1)
+    table = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+    return table in triggered
 
 
 @contextlib.contextmanager
-def pipelined(connection: Any) -> Iterator[Pipeline]:
+def pipelined(
+    connection: Any, triggered: Collection[str] | None = None
+) -> Iterator[Pipeline]:
     """Install a `Pipeline` on `connection` for the block (a claim transaction)."""
-    pipeline = Pipeline(connection)
+    pipeline = Pipeline(connection, triggered)
     with connection.execute_wrapper(pipeline):
         yield pipeline
