@@ -30,6 +30,7 @@ import eventbus
 from blog import signing, tasks
 from blog.models import Category, Post, Tag
 from eventbus.event import DEAD, FAILED, PENDING
+from eventbus.integrations import outbound
 from eventbus.models import EventRecord
 from eventbus.operating import status
 from listeners.digest import digest
@@ -88,6 +89,14 @@ def _parse(body: bytes) -> dict[str, Any]:
             URLValidator(schemes=["http", "https"])(url)
         except ValidationError:
             raise BadRequest(f"callback_url is not an http(s) URL: {url!r}") from None
+        try:  # checked again when it is called: the name may point elsewhere by then
+            outbound.check(
+                url,
+                allow_private=getattr(settings, "CALLBACK_ALLOW_PRIVATE", False),
+                deadline=getattr(settings, "CALLBACK_DEADLINE", outbound.DEADLINE),
+            )
+        except outbound.OutboundError as exc:
+            raise BadRequest(f"callback_url refused: {exc}") from None
     return data
 
 

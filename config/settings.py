@@ -118,6 +118,12 @@ WEBHOOK_PREVIOUS_SECRETS = [
 IDEMPOTENCY_KEY_TTL = 24 * 3600  # seconds an Idempotency-Key and its response are kept
 WEBHOOK_TOLERANCE = 300  # seconds a signed request stays valid (and its replay refused)
 WEBHOOK_MAX_BODY = int(os.environ.get("WEBHOOK_MAX_BODY", 1024 * 1024))  # bytes; more: 413
+# Callbacks go to clients' URLs (eventbus.integrations.outbound): loopback, private and
+# other internal addresses are refused, when a post is accepted and when the callback is
+# sent, unless allowed (tests with a local receiver, internal deployments).
+CALLBACK_ALLOW_PRIVATE = os.environ.get("CALLBACK_ALLOW_PRIVATE", "0") == "1"
+CALLBACK_MAX_RESPONSE = int(os.environ.get("CALLBACK_MAX_RESPONSE", 64 * 1024))  # bytes read
+CALLBACK_DEADLINE = float(os.environ.get("CALLBACK_DEADLINE", 10))  # seconds, all steps
 
 # --- eventbus --------------------------------------------------------------------------
 EVENTBUS = {

@@ -195,9 +195,7 @@ def may_make_events(statement: Any, triggered: Collection[str] | None) -> bool:
 
 
 @contextlib.contextmanager
-def pipelined(
-    connection: Any, triggered: Collection[str] | None = None
-) -> Iterator[Pipeline]:
+def pipelined(connection: Any, triggered: Collection[str] | None = None) -> Iterator[Pipeline]:
     """Install a `Pipeline` on `connection` for the block (a claim transaction)."""
     pipeline = Pipeline(connection, triggered)
     with connection.execute_wrapper(pipeline):
