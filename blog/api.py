@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+import channels
 import eventbus
 from blog import signing, tasks
 from blog.models import Category, Post, Tag
@@ -33,7 +34,6 @@ from eventbus.event import DEAD, FAILED, PENDING
 from eventbus.integrations import outbound
 from eventbus.models import EventRecord
 from eventbus.operating import status
-from listeners.digest import digest
 
 try:  # Django 6.0+
     from django.tasks.exceptions import TaskResultDoesNotExist, TaskResultMismatch
@@ -326,7 +326,7 @@ def send_digest(request: HttpRequest) -> JsonResponse:
         addresses = _parse_addresses(request.body)
     except BadRequest as exc:
         return _error(400, str(exc))
-    started = digest.start({"addresses": addresses})
+    started = channels.post_digest.start({"addresses": addresses})
     return JsonResponse(
         {"collection": started, "status_url": reverse("collection", args=[started])}, status=202
     )

@@ -4,7 +4,7 @@ Each is attached to its model through ``Meta.triggers`` (see ``blog/models.py``)
 trigger is installed by a migration; its handler lives in ``listeners/``.
 """
 
-from eventbus import DELETE, INSERT, UPDATE, Channel
+from eventbus import DELETE, INSERT, UPDATE, Chain, Channel, RetryPolicy
 
 comment_created = Channel("comment_created", operations=[INSERT], key="post")
 # Post-processing writes only to the database: a batch can share one savepoint.
@@ -19,3 +19,10 @@ post_categories_changed = Channel(
 # Published from code when a post's processing ends (done or dead) and the post has a
 # callback_url; its handler POSTs the outcome there, with retries like any event.
 post_processing_finished = Channel("post_processing_finished", operations=(), key="post")
+# A chain (listeners/digest.py): collect the newest posts, then email them; the web
+# process starts it (POST /api/digests/) without importing the steps.
+post_digest = Chain(
+    "post_digest",
+    steps=["collect_posts", "send_digest"],
+    retry=RetryPolicy(max_attempts=5, base_delay=5),
+)

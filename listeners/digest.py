@@ -10,18 +10,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import channels
 from blog import mail
 from blog.models import Post
-from eventbus import Chain, ChainEnd, Event, GiveUp, RetryPolicy
+from eventbus import ChainEnd, Event, GiveUp
 from listeners.comments import message_id
 
 log = logging.getLogger("blog.digest")
 MAX_POSTS = 20
 
-digest = Chain("post_digest", retry=RetryPolicy(max_attempts=5, base_delay=5))
 
-
-@digest.step
+@channels.post_digest.step
 def collect_posts(data: dict[str, Any], event: Event) -> dict[str, Any]:
     """The newest posts, as titles: what the email will say, fixed once collected."""
     posts = Post.objects.order_by("-id").values("id", "title")[:MAX_POSTS]
@@ -30,7 +29,7 @@ def collect_posts(data: dict[str, Any], event: Event) -> dict[str, Any]:
     return {"posts": [{"id": p["id"], "title": p["title"]} for p in posts]}
 
 
-@digest.step
+@channels.post_digest.step
 def send_digest(data: dict[str, Any], event: Event) -> dict[str, Any]:
     """One email to every address (at least once: a stable Message-ID per event)."""
     lines = [f"- {p['title']}" for p in data["posts"]]
@@ -44,7 +43,7 @@ def send_digest(data: dict[str, Any], event: Event) -> dict[str, Any]:
     return {"sent_to": len(data["addresses"])}
 
 
-@digest.on_end
+@channels.post_digest.on_end
 def report_digest(end: ChainEnd) -> None:
     """Always runs: the operator's line either way (the status URL has the rest)."""
     if end.state == "done":

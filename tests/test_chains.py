@@ -124,3 +124,31 @@ def test_events_tree_shows_the_chain_under_its_start() -> None:
         and "chain_certificate: dead (2 attempts): RuntimeError" in lines[2]
     )
     assert lines[3].startswith("    ") and lines[3].endswith("chain_certificate: done (1 attempt)")
+
+
+def test_a_chain_whose_steps_are_not_imported_has_no_handler_and_a_partial_one_fails_checks() -> None:
+    from eventbus.declaring import chains, registry
+
+    declared = Chain("chain_declared_only", steps=["first", "second"])
+    try:
+        with pytest.raises(registry.UnknownChannel):  # the wiring checks name its channel
+            registry.handler_for("chain_declared_only")
+        assert chains.check_chain_steps() == []
+
+        @declared.step
+        def first(data: dict[str, Any], event: Event) -> None:
+            pass
+
+        assert registry.handler_for("chain_declared_only") is not None
+        [error] = chains.check_chain_steps()
+        assert (error.id, error.msg) == (
+            "eventbus.E020",
+            "chain chain_declared_only declares steps with no function: second",
+        )
+        with pytest.raises(ValueError, match="declares no step 'third'"):
+
+            @declared.step
+            def third(data: dict[str, Any], event: Event) -> None:
+                pass
+    finally:
+        chains._chains.remove(declared)

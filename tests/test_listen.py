@@ -19,7 +19,7 @@ from psycopg import sql
 
 import channels
 from blog.models import Comment, Post, PostTag, Tag
-from eventbus import Channel
+from eventbus import Chain, Channel
 from eventbus.integrations.tasks import queues as task_queues
 from eventbus.models import EventRecord, WorkerRecord
 from tests.support import Listener, SMTPServer, database_url, manage, wait_until
@@ -273,7 +273,7 @@ def test_a_listener_started_before_migrations_says_to_migrate() -> None:
 # process never imports it; listeners started with NEW_RELEASE do.
 NEW_CHANNEL = "release_two_shipped"
 NEW_RELEASE = {"EVENTBUS_LISTENER_MODULES": "listeners,tests.release_two"}
-SITE_CHANNELS = sorted(c.name for c in vars(channels).values() if isinstance(c, Channel))
+SITE_CHANNELS = sorted(c.name for c in vars(channels).values() if isinstance(c, Channel | Chain))
 # What a listener of the site handles: its channels, and the channels of its task queues.
 HANDLED = sorted([*SITE_CHANNELS, *task_queues.channel_names()])
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core import checks
+
 from eventbus.declaring.channel import Channel
 from eventbus.errors import MalformedEvent
 from eventbus.event import DEAD, DONE, Event
@@ -49,21 +51,41 @@ class Chain:
 
     ``name`` is the chain's channel; other keyword arguments are the channel's
     (``retry``, ``timeout``, ``isolation``). Every step of a chain runs under them.
+    ``steps`` names the steps in order, so a process that only starts the chain (a web
+    process) need not import the steps' code; then ``@chain.step`` must name one of them.
+    Without it, the steps run in the order they are decorated.
     """
 
-    def __init__(self, name: str, **channel_options: Any) -> None:
+    def __init__(self, name: str, steps: list[str] | None = None, **channel_options: Any) -> None:
         self.name = name
         self.channel = Channel(name, operations=(), **channel_options)
+        self.declared = list(steps) if steps is not None else None
+        if self.declared is not None and len(set(self.declared)) != len(self.declared):
+            raise ValueError(f"chain {name}: step names repeat: {self.declared}")
         self.steps: dict[str, Step] = {}
         self.end: Callable[[ChainEnd], Any] | None = None
-        self.channel.on(self._run)
-        self.channel.on_dead(self._died)
+        _chains.append(self)
+
+    @property
+    def order(self) -> list[str]:
+        """The steps' names, in the order they run."""
+        return self.declared if self.declared is not None else list(self.steps)
 
     def step(self, function: Step) -> Step:
-        """Decorator: the chain's next step, named by the function's name."""
+        """Decorator: a step of the chain, named by the function's name (the next one,
+        unless the chain declared its ``steps``)."""
         name = function.__name__
-        if name in self.steps or name == "":
+        if name in self.steps:
             raise ValueError(f"chain {self.name}: a step named {name!r} exists already")
+        if self.declared is not None and name not in self.declared:
+            raise ValueError(
+                f"chain {self.name} declares no step {name!r} (steps: {', '.join(self.declared)})"
+            )
+        if not self.steps:
+            # Its handler exists once its steps' code is imported: a listener that forgot
+            # that module is told so by the wiring checks, as for any channel's handler.
+            self.channel.on(self._run)
+            self.channel.on_dead(self._died)
         self.steps[name] = function
         return function
 
@@ -77,9 +99,9 @@ class Chain:
     ) -> int:
         """Publish the first step's event in the caller's transaction; returns its id, which
         is also the chain's collection id unless the caller opened a collection."""
-        if not self.steps:
+        if not self.order:
             raise ValueError(f"chain {self.name} has no steps")
-        first = next(iter(self.steps))
+        first = self.order[0]
         return self.channel.publish({"step": first, "data": data or {}}, key=key, **publish)
 
     # --- The chain's handlers ---------------------------------------------------------
@@ -97,12 +119,14 @@ class Chain:
         step = self.steps.get(name) if isinstance(name, str) else None
         if step is None:
             known = ", ".join(self.steps) or "none"
-            raise MalformedEvent(f"chain {self.name} has no step {name!r} (steps: {known})")
+            raise MalformedEvent(
+                f"chain {self.name} has no step {name!r} in this process (steps: {known})"
+            )
         result = step(dict(data), event)
         if result is not None and not isinstance(result, dict):
             raise MalformedEvent(f"step {name} of chain {self.name} returned {type(result)}")
         merged = {**data, **(result or {})}
-        names = list(self.steps)
+        names = self.order
         index = names.index(name)
         if index + 1 < len(names):
             self.channel.publish({"step": names[index + 1], "data": merged}, key=event.key)
@@ -120,6 +144,28 @@ class Chain:
     def _publish_end(self, state: str, data: dict[str, Any], key: str | None, **why: Any) -> None:
         if self.end is not None:
             self.channel.publish({"end": state, "data": data, **why}, key=key)
+
+
+_chains: list[Chain] = []
+
+
+@checks.register("eventbus")
+def check_chain_steps(**kwargs: Any) -> list[checks.CheckMessage]:
+    """eventbus.E020: a chain whose steps' code is imported has a function for every step
+    it declares (a missing one would make its events dead)."""
+    errors = []
+    for chain in _chains:
+        missing = [n for n in chain.declared or () if n not in chain.steps]
+        if chain.steps and missing:
+            errors.append(
+                checks.Error(
+                    f"chain {chain.name} declares steps with no function: {', '.join(missing)}",
+                    hint="Decorate a function of that name with @chain.step, in a module "
+                    'that EVENTBUS["LISTENER_MODULES"] imports.',
+                    id="eventbus.E020",
+                )
+            )
+    return errors
 
 
 def _end_of(payload: dict[str, Any], data: dict[str, Any], event: Event) -> ChainEnd:
