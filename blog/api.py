@@ -7,6 +7,10 @@
 Every request carries `X-Eventbus-Signature: t=<unix>,v1=<hex>`, an HMAC-SHA256 with a
 shared secret over the time, the method, the path and the body; a stale, forged or
 replayed one is refused (see blog/signing.py).
+
+Each view that reads, reads the primary (``@read_primary``), even when the site's reads
+go to a replica: each follows a write (the author a client just made, the tags this
+request made) or reports a status polled right after a 202.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from blog import signing, tasks
 from blog.models import Category, Post, Tag
+from eventbus import read_primary
 from eventbus.event import DEAD, DONE, FAILED, PENDING
 from eventbus.models import EventRecord
 from eventbus.operating import status
@@ -91,6 +96,7 @@ def _parse(body: bytes) -> dict[str, Any]:
 
 @csrf_exempt
 @require_POST
+@read_primary
 def create_post(request: HttpRequest) -> JsonResponse:
     key = request.headers.get("Idempotency-Key")
     # With a key, a repeat is answered from the key (and writes nothing), not refused.
@@ -178,6 +184,7 @@ def idempotent(key: str, body: bytes, create: Any) -> JsonResponse:
 
 
 @require_GET
+@read_primary
 def event_status(request: HttpRequest, event_id: int) -> JsonResponse:
     if refused := _unsigned(request):
         return refused
@@ -196,6 +203,7 @@ def overall(states: list[str]) -> str:
 
 
 @require_GET
+@read_primary
 def post_processing(request: HttpRequest, post_id: int) -> JsonResponse:
     if refused := _unsigned(request):
         return refused
@@ -265,6 +273,7 @@ def send_emails(request: HttpRequest) -> JsonResponse:
 
 
 @require_GET
+@read_primary
 def email_task(request: HttpRequest, task_id: str) -> JsonResponse:
     """The email task's status: READY, RUNNING, SUCCESSFUL or FAILED, with its errors."""
     if refused := _unsigned(request):
