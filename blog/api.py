@@ -7,6 +7,10 @@
 Every request carries `X-Eventbus-Signature: t=<unix>,v1=<hex>`, an HMAC-SHA256 with a
 shared secret over the time, the method, the path and the body; a stale, forged or
 replayed one is refused (see blog/signing.py).
+
+Each view that reads, reads the primary (``@read_primary``), even when the site's reads
+go to a replica: each follows a write (the author a client just made, the tags this
+request made) or reports a status polled right after a 202.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import channels
 import eventbus
 from blog import signing, tasks
 from blog.models import Category, Post, Tag
+from eventbus import read_primary
 from eventbus.event import DEAD, FAILED, PENDING
 from eventbus.integrations import outbound
 from eventbus.models import EventRecord
@@ -102,6 +107,7 @@ def _parse(body: bytes) -> dict[str, Any]:
 
 @csrf_exempt
 @require_POST
+@read_primary
 def create_post(request: HttpRequest) -> JsonResponse:
     key = request.headers.get("Idempotency-Key")
     # With a key, a repeat is answered from the key (and writes nothing), not refused.
@@ -199,6 +205,7 @@ def idempotent(key: str, body: bytes, create: Any) -> JsonResponse:
 
 
 @require_GET
+@read_primary
 def event_status(request: HttpRequest, event_id: int) -> JsonResponse:
     if refused := _unsigned(request):
         return refused
@@ -209,6 +216,7 @@ def event_status(request: HttpRequest, event_id: int) -> JsonResponse:
 
 
 @require_GET
+@read_primary
 def post_processing(request: HttpRequest, post_id: int) -> JsonResponse:
     if refused := _unsigned(request):
         return refused
@@ -241,6 +249,7 @@ def _processing_events(post_id: int) -> list[dict[str, Any]]:
 
 
 @require_GET
+@read_primary
 def collection(request: HttpRequest, collection_id: int) -> JsonResponse:
     """A collection's state (the worst of its events') and its events; any member's id
     finds it."""
@@ -333,6 +342,7 @@ def send_digest(request: HttpRequest) -> JsonResponse:
 
 
 @require_GET
+@read_primary
 def email_task(request: HttpRequest, task_id: str) -> JsonResponse:
     """The email task's status: READY, RUNNING, SUCCESSFUL or FAILED, with its errors."""
     if refused := _unsigned(request):

@@ -75,13 +75,15 @@ DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_m
 
 # A read replica, when REPLICA_DATABASE_URL names one: the site reads from it. The
 # listener's handlers still read and write the primary, in the claiming transaction:
-# eventbus.PrimaryForHandlers comes first and decides while a handler runs.
+# eventbus.PrimaryForHandlers comes first and decides while a handler runs, or a
+# read_primary() block: the webhook API's views and the admin, which read their writes.
 if os.environ.get("REPLICA_DATABASE_URL"):
     DATABASES["replica"] = dj_database_url.parse(os.environ["REPLICA_DATABASE_URL"], conn_max_age=0)
     DATABASE_ROUTERS = [
         "eventbus.PrimaryForHandlers",
         "config.routers.ReadReplica",
     ]
+    MIDDLEWARE = ["config.routers.admin_reads_primary", *MIDDLEWARE]
 
 # The site's migrations (models and channel triggers) live in the top-level migrations/.
 MIGRATION_MODULES = {"blog": "migrations"}

@@ -12,6 +12,9 @@ Public API::
 
     @comment_created.on
     def email_author(event: Event) -> None: ...
+
+    @read_primary  # a view that must see the latest state, with reads routed to a replica
+    def post_status(request, post_id): ...
 """
 
 # The one place the version lives: pyproject.toml reads this literal (setuptools, statically).
@@ -24,7 +27,7 @@ from eventbus.declaring.prefetch import prefetch
 from eventbus.declaring.retry import EXPONENTIAL, FIBONACCI, RetryPolicy
 from eventbus.errors import GiveUp, HandlerTimeout, MalformedEvent, RetryLater, RowGone
 from eventbus.event import Event
-from eventbus.integrations.routing import PrimaryForHandlers
+from eventbus.integrations.routing import PrimaryForHandlers, read_primary
 
 __all__ = [
     "DELETE",
@@ -46,4 +49,5 @@ __all__ = [
     "__version__",
     "collection",
     "prefetch",
+    "read_primary",
 ]

@@ -126,7 +126,9 @@ def test_events_tree_shows_the_chain_under_its_start() -> None:
     assert lines[3].startswith("    ") and lines[3].endswith("chain_certificate: done (1 attempt)")
 
 
-def test_a_chain_whose_steps_are_not_imported_has_no_handler_and_a_partial_one_fails_checks() -> None:
+def test_a_chain_whose_steps_are_not_imported_has_no_handler_and_a_partial_one_fails_checks() -> (
+    None
+):
     from eventbus.declaring import chains, registry
 
     declared = Chain("chain_declared_only", steps=["first", "second"])

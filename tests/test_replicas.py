@@ -1,4 +1,5 @@
-"""A project that reads from a replica: handlers still read the primary, with no `using`.
+"""A project that reads from a replica: handlers still read the primary, with no `using`,
+and so does code in `read_primary()`.
 
 The replica is played by a copy of the test database taken before the last writes
 (`CREATE DATABASE … TEMPLATE`): a replica lagging behind, with a stale post title and
@@ -8,11 +9,13 @@ without the new comment's author. The reference site reads from it when
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.core import checks
 from django.db import connection, connections
@@ -20,6 +23,7 @@ from django.test import override_settings
 from psycopg import sql
 
 from blog.models import Comment, Post
+from eventbus import read_primary
 from eventbus.integrations import routing
 from tests.support import Listener, SMTPServer, database_url, manage, wait_until
 
@@ -91,11 +95,54 @@ def test_the_router_decides_only_while_a_batch_is_handled() -> None:
     assert router.db_for_write(Post) is None
 
 
+REPLICA_ROUTERS = [routing.ROUTER, "config.routers.ReadReplica"]
+
+
+@override_settings(DATABASE_ROUTERS=REPLICA_ROUTERS)
+def test_reads_in_a_read_primary_block_go_to_the_primary_and_only_there() -> None:
+    assert Post.objects.all().db == "replica"
+    with read_primary():
+        assert Post.objects.all().db == "default"
+        assert User.objects.filter(username="ada").db == "default"
+    assert Post.objects.all().db == "replica"
+    with read_primary(using="other"):
+        assert Post.objects.all().db == "other"
+
+
+@override_settings(DATABASE_ROUTERS=REPLICA_ROUTERS)
+def test_read_primary_decorates_views_sync_and_async() -> None:
+    @read_primary
+    def view() -> str:
+        return Post.objects.all().db
+
+    @read_primary()
+    async def async_view() -> list[str]:
+        # Django's async ORM runs its queries in a thread, as sync_to_async does.
+        return [Post.objects.all().db, await sync_to_async(lambda: Post.objects.all().db)()]
+
+    @read_primary
+    def failing_view() -> None:
+        raise RuntimeError("boom")
+
+    assert view() == "default"
+    assert asyncio.run(async_view()) == ["default", "default"]
+    with pytest.raises(RuntimeError):
+        failing_view()
+    assert Post.objects.all().db == "replica"  # each call let go, even the one that raised
+
+
+def test_read_primary_in_a_handler_keeps_the_claims_alias() -> None:
+    router = routing.PrimaryForHandlers()
+    with routing.pinned("claimed"), read_primary():
+        assert router.db_for_read(Post) == "claimed"
+    assert router.db_for_read(Post) is None
+
+
 @pytest.mark.parametrize(
     ("routers", "errors"),
     [
         ([], []),
-        ([routing.ROUTER, "config.routers.ReadReplica"], []),
+        (REPLICA_ROUTERS, []),
         (["config.routers.ReadReplica"], ["eventbus.E001"]),
         (["config.routers.ReadReplica", routing.ROUTER], ["eventbus.E001"]),
     ],

@@ -1,4 +1,5 @@
-"""Handlers read the primary, whatever the project's database routers say.
+"""Handlers read the primary, whatever the project's database routers say; so does any
+code in ``read_primary()``.
 
 A project that routes reads to a replica would otherwise have its handlers read rows the
 replica has not received yet (the comment exists, the post does not), or outside the
@@ -6,14 +7,22 @@ claiming transaction altogether. ``PrimaryForHandlers``, first in ``DATABASE_ROU
 sends every query a handler makes to the alias the event was claimed on, so no handler
 has to say ``using("default")``; outside handlers it has no opinion and the project's
 own routers decide. The system check ``eventbus.E001`` insists on its place.
+
+A view has the same problem right after a write: the row it just wrote, or the one a
+client wrote a moment ago, is not on the replica yet. ``read_primary()`` pins a block, a
+function or a view to the primary through the same router, so a project says which reads
+must see the latest state and leaves the others to its routers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, TypeVar, overload
 
 from django.conf import settings
 from django.core import checks
@@ -21,27 +30,105 @@ from django.core import checks
 ROUTER = "eventbus.PrimaryForHandlers"  # the public path; this module's works too
 _PATHS = {ROUTER, "eventbus.integrations.routing.PrimaryForHandlers"}
 
-_claimed_on: ContextVar[str | None] = ContextVar("eventbus_claimed_on", default=None)
+# The alias every routed query goes to, while a batch is handled or a read_primary() runs.
+_pinned_to: ContextVar[str | None] = ContextVar("eventbus_pinned_to", default=None)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextmanager
 def pinned(alias: str) -> Iterator[None]:
     """Within this block (a claimed batch), every routed query goes to `alias`."""
-    token = _claimed_on.set(alias)
+    token = _pinned_to.set(alias)
     try:
         yield
     finally:
-        _claimed_on.reset(token)
+        _pinned_to.reset(token)
+
+
+class ReadPrimary:
+    """``read_primary()``: a context manager and a decorator (sync or async functions)."""
+
+    def __init__(self, using: str | None = None) -> None:
+        self.using = using
+        self._tokens: list[Token[str | None]] = []
+
+    def alias(self) -> str:
+        """`using`; else, inside a handler, the claim's alias; else eventbus's primary."""
+        if self.using is not None:
+            return self.using
+        if (current := _pinned_to.get()) is not None:
+            return current
+        from eventbus import conf  # late: settings may not be ready at decoration time
+
+        return conf.get().DATABASE_ALIAS
+
+    def __enter__(self) -> None:
+        self._tokens.append(_pinned_to.set(self.alias()))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _pinned_to.reset(self._tokens.pop())
+
+    def __call__(self, func: F) -> F:
+        # A fresh instance per call: one decorated view runs in many threads at once.
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def pinned_async(*args: Any, **kwargs: Any) -> Any:
+                with ReadPrimary(self.using):
+                    return await func(*args, **kwargs)
+
+            return pinned_async  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def pinned_sync(*args: Any, **kwargs: Any) -> Any:
+            with ReadPrimary(self.using):
+                return func(*args, **kwargs)
+
+        return pinned_sync  # type: ignore[return-value]
+
+
+@overload
+def read_primary(using: F) -> F: ...
+@overload
+def read_primary(using: str | None = None) -> ReadPrimary: ...
+def read_primary(using: Any = None) -> Any:
+    """Reads in this block, function or view go to the primary, not a replica.
+
+    For reads that must see the latest state: a row this request (or a client, a moment
+    ago) just wrote, a status URL polled right after a 202. Like ``transaction.atomic``::
+
+        @read_primary
+        def view(request): ...
+
+        with read_primary():
+            author = User.objects.get(username=name)
+
+    The primary is ``EVENTBUS["DATABASE_ALIAS"]`` ("default"), or `using`. Every query
+    the routers place (no ``using()`` of its own) goes there, writes too, through
+    ``eventbus.PrimaryForHandlers``, which must be first in ``DATABASE_ROUTERS`` (the
+    check ``eventbus.E001``). Without routers every query reads the default database
+    anyway. Inside a handler the claim's alias stays.
+    """
+    if callable(using):
+        return ReadPrimary()(using)
+    return ReadPrimary(using)
 
 
 class PrimaryForHandlers:
-    """A database router: while a batch is handled, reads and writes go to its alias."""
+    """A database router: while a batch is handled (or a ``read_primary()`` runs), reads
+    and writes go to its alias; otherwise no opinion."""
 
     def db_for_read(self, model: type, **hints: Any) -> str | None:
-        return _claimed_on.get()
+        return _pinned_to.get()
 
     def db_for_write(self, model: type, **hints: Any) -> str | None:
-        return _claimed_on.get()
+        return _pinned_to.get()
 
 
 def _router_path(router: Any) -> str:
@@ -62,7 +149,8 @@ def check_router_first(**kwargs: Any) -> list[checks.CheckMessage]:
             "eventbus handlers could read from a replica: DATABASE_ROUTERS does not start "
             f"with {ROUTER!r}.",
             hint=f"Put {ROUTER!r} first in DATABASE_ROUTERS; it only decides while a "
-            "handler runs and leaves every other query to your routers.",
+            "handler (or a read_primary() block) runs and leaves every other query to "
+            "your routers.",
             id="eventbus.E001",
         )
     ]
