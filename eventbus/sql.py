@@ -16,6 +16,7 @@ from typing import Any
 from psycopg import sql
 
 from eventbus.event import DEAD, DONE, FAILED, PENDING, RUNNABLE
+from eventbus.running import followers
 
 TABLE = sql.Identifier("eventbus_event")
 LEDGER = sql.Identifier("eventbus_inflight")  # the crash ledger, eventbus.models.InflightRecord
@@ -279,6 +280,61 @@ def events_after(after_id: int) -> tuple[sql.Composed, list[Any]]:
     return query, [after_id]
 
 
+# --- Following (eventbus.operating.follow) ------------------------------------------------
+
+# What a follower shows of an event: its first error line only (errors run to 8,000 chars).
+_FOLLOWED = sql.SQL(
+    "SELECT e.id, e.channel, e.key, e.state, e.attempts, e.run_after, "
+    "split_part(e.last_error, E'\\n', 1), e.caused_by, coalesce(e.correlation_id, e.id) "
+    "FROM {table} AS e"
+).format(table=TABLE)
+
+
+def _followed_where(
+    channels: Sequence[str] | None, keys: Sequence[str] | None, collection: int | None
+) -> tuple[list[sql.Composable], dict[str, Any]]:
+    parts: list[sql.Composable] = []
+    params: dict[str, Any] = {}
+    if channels is not None:
+        parts.append(_channel_in("e.channel", sql.SQL("%(channels)s")))
+        params["channels"] = list(channels)
+    if keys is not None:
+        parts.append(sql.SQL("e.key = ANY(%(keys)s)"))
+        params["keys"] = list(keys)
+    if collection is not None:  # the root is found by id, the others by the index
+        parts.append(sql.SQL("(e.id = %(collection)s OR e.correlation_id = %(collection)s)"))
+        params["collection"] = collection
+    return parts, params
+
+
+def followed_newest(
+    channels: Sequence[str] | None,
+    keys: Sequence[str] | None,
+    collection: int | None,
+    limit: int | None,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The newest `limit` (None: all) followed events, newest first: a follower's start."""
+    parts, params = _followed_where(channels, keys, collection)
+    where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+    query = sql.SQL("{} WHERE {} ORDER BY e.id DESC LIMIT %(limit)s").format(_FOLLOWED, where)
+    return query, {**params, "limit": limit}
+
+
+def followed_changes(
+    ids: Sequence[int],
+    after_id: int,
+    channels: Sequence[str] | None,
+    keys: Sequence[str] | None,
+    collection: int | None,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """Followed events that may have changed: `ids` (the unfinished ones a follower
+    watches) and any followed event above `after_id`, oldest first."""
+    parts, params = _followed_where(channels, keys, collection)
+    new = sql.SQL(" AND ").join([sql.SQL("e.id > %(after)s"), *parts])
+    query = sql.SQL("{} WHERE e.id = ANY(%(ids)s) OR ({}) ORDER BY e.id").format(_FOLLOWED, new)
+    return query, {**params, "ids": list(ids), "after": after_id}
+
+
 def _in(column: str, values: Sequence[str]) -> sql.Composable:
     return sql.SQL("{} IN ({})").format(
         sql.SQL(column), sql.SQL(", ").join(map(sql.Literal, values))
@@ -399,6 +455,19 @@ def requeue(scope: Scope) -> tuple[sql.Composed, dict[str, Any]]:
         "WHERE {where} RETURNING e.id, e.channel"
     ).format(table=TABLE, pending=sql.Literal(PENDING), where=where)
     return query, params
+
+
+# Tell followers (`events follow`) that states changed: one per transaction, at its commit.
+NOTIFY_CHANGES = sql.SQL("SELECT pg_notify({}, '')").format(sql.Literal(followers.CHANGES))
+
+
+# A follower arrived: workers start announcing (eventbus.running.followers).
+NOTIFY_HELLO = sql.SQL("SELECT pg_notify({}, '')").format(sql.Literal(followers.HELLO))
+
+
+def listen(channel: str) -> sql.Composed:
+    """LISTEN on a NOTIFY channel, quoted (a follower's names hold a colon)."""
+    return sql.SQL("LISTEN {}").format(sql.Identifier(channel))
 
 
 def notify_channels(channels: Sequence[str]) -> tuple[sql.Composed, list[Any]]:
@@ -572,7 +641,10 @@ HEARTBEAT_WITH_CHANNELS = sql.SQL(
     "ON CONFLICT (name) DO UPDATE SET last_seen = now(), channels = EXCLUDED.channels, "
     # a new process under a reused name (a container restarted: same pids) starts anew,
     # so that the crash ledger can tell its rows from those of its dead namesake
-    "started_at = CASE WHEN %s THEN now() ELSE {workers}.started_at END"
+    "started_at = CASE WHEN %s THEN now() ELSE {workers}.started_at END "
+    # and whether anyone follows (eventbus.running.followers): no round trip of its own
+    "RETURNING EXISTS (SELECT FROM pg_stat_activity WHERE application_name = %s "
+    "AND datname = current_database())"
 ).format(workers=WORKERS)
 
 

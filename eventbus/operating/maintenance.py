@@ -16,7 +16,8 @@ PURGEABLE = (DONE, DEAD)
 
 
 def requeue(scope: sql.Scope, alias: str = "default") -> list[tuple[int, str]]:
-    """Make the failed or dead events of `scope` pending and due now; wake the listeners.
+    """Make the failed or dead events of `scope` pending and due now; wake the listeners
+    and tell followers (`events follow`), always: it is rare, so its NOTIFY costs nothing.
 
     Attempts are kept: a re-queued dead event gets one more attempt, as with recover.
     Returns (id, channel) of each event re-queued.
@@ -29,6 +30,7 @@ def requeue(scope: sql.Scope, alias: str = "default") -> list[tuple[int, str]]:
         rows = [(int(i), str(c)) for i, c in cursor.fetchall()]
         if rows:
             cursor.execute(*sql.notify_channels([c for _, c in rows]))
+            cursor.execute(sql.NOTIFY_CHANGES)  # an operator's act: `events follow` sees it
     return rows
 
 

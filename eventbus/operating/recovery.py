@@ -26,6 +26,7 @@ from eventbus import sql
 from eventbus.declaring import registry, wiring
 from eventbus.event import DEAD, DONE, FAILED, PENDING
 from eventbus.operating import status
+from eventbus.running import followers
 from eventbus.running.executor import Executor, Outcome
 from eventbus.running.worker import worker_name
 
@@ -124,14 +125,20 @@ def replay(
     summary = Summary()
     attempted: dict[int, str] = {}  # event id -> its outcome in this replay
     pass_scope: sql.Scope | None = bounded
-    while pass_scope is not None and not should_stop():
-        outcomes = _one_pass(executor, pass_scope, batch_size, on_batch)
-        for outcome in outcomes:
-            attempted[outcome.event_id] = outcome.status
-            summary.outcomes[(outcome.channel, "handled" if outcome.ok else outcome.status)] += 1
-        # Another pass while the last one got somewhere: it picks up held-back events of
-        # ordered channels, and events a listener held (skipped) but then left pending.
-        pass_scope = _next_pass(bounded, attempted, alias) if outcomes else None
+    # An operator's replay is rare: its batches always tell `events follow`, as a retry does.
+    announcing, followers.watched = followers.watched, True
+    try:
+        while pass_scope is not None and not should_stop():
+            outcomes = _one_pass(executor, pass_scope, batch_size, on_batch)
+            for outcome in outcomes:
+                attempted[outcome.event_id] = outcome.status
+                state = "handled" if outcome.ok else outcome.status
+                summary.outcomes[(outcome.channel, state)] += 1
+            # Another pass while the last one got somewhere: it picks up held-back events
+            # of ordered channels, and events a listener held (skipped) but then left pending.
+            pass_scope = _next_pass(bounded, attempted, alias) if outcomes else None
+    finally:
+        followers.watched = announcing
     executor.close()
     _tally(summary, bounded, [i for i, s in attempted.items() if s != DONE], alias)
     log.info("%s finished: %d event(s) attempted", name, len(attempted))

@@ -78,7 +78,9 @@ def connect_side(alias: str = "default") -> psycopg.Connection[Any]:
     return conn
 
 
-def connect_listen(alias: str = "default") -> psycopg.Connection[Any]:
+def connect_listen(
+    alias: str = "default", application_name: str = "eventbus-listen"
+) -> psycopg.Connection[Any]:
     """The LISTEN connection: EVENTBUS_LISTEN_DATABASE_URL if set, else as Django connects.
 
     TCP keepalives let the kernel notice a peer that vanished; the worker's ping notices
@@ -87,6 +89,6 @@ def connect_listen(alias: str = "default") -> psycopg.Connection[Any]:
     options = {"connect_timeout": 5, **KEEPALIVES}
     url = conf.get().LISTEN_DATABASE_URL
     if url:
-        return psycopg.connect(url, autocommit=True, application_name="eventbus-listen", **options)
+        return psycopg.connect(url, autocommit=True, application_name=application_name, **options)
     params = {**options, **connection_params(connections[alias])}
-    return psycopg.connect(autocommit=True, application_name="eventbus-listen", **params)
+    return psycopg.connect(autocommit=True, application_name=application_name, **params)

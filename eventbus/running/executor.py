@@ -49,7 +49,7 @@ from eventbus.errors import HandlerTimeout
 from eventbus.event import DEAD, DONE, FAILED, Event, decode_payload
 from eventbus.integrations import routing
 from eventbus.operating import metrics
-from eventbus.running import faults
+from eventbus.running import faults, followers
 from eventbus.running.errortext import describe, first_line
 from eventbus.running.ledger import CrashLedger, LedgerUnavailable, SideConnection
 from eventbus.running.liveness import Liveness
@@ -162,6 +162,7 @@ class Executor:
         self._pipeline: Pipeline | None = None  # the claim transaction's savepoints
         self._triggered: frozenset[str] | None = None  # tables with triggers (causation)
         self.quarantine: Quarantine | None = None  # handler slots: suspects run alone
+        self._announced = False  # the last claim transaction told followers (see _mark)
 
     # --- A batch ---------------------------------------------------------------------
 
@@ -274,6 +275,8 @@ class Executor:
                 raise  # nothing ran, or the connection is gone: the worker reconnects
             self._discard_connection()
             raise BatchFailed([e.id for e in claims], exc) from exc
+        if not self._announced and followers.watched:  # a follower came during the commit
+            self._announce()
         handled = {o.event_id for o in outcomes}
         self.unstarted = [i for i in ids if i not in handled]
         self._learn_fit(requested, len(ids), len(handled))
@@ -307,6 +310,8 @@ class Executor:
             cursor.execute(
                 *sql.mark_errors(self.worker_name, [sql.ErrorMark(event.id, DEAD, 0, reason)])
             )
+            if followers.watched:
+                cursor.execute(sql.NOTIFY_CHANGES)
         return [Outcome(event.id, event.queue, event.attempt, DEAD, reason, 0.0)]
 
     def _crashed(self, event: Event, deaths: int) -> Outcome:
@@ -682,6 +687,16 @@ class Executor:
                 cursor.execute(*sql.mark_done(self.worker_name, done))
             if errors:
                 cursor.execute(*sql.mark_errors(self.worker_name, errors))
+            # Only while someone follows: a notifying commit takes a cluster-wide lock
+            # (see eventbus.running.followers). Delivered at this transaction's commit.
+            self._announced = followers.watched
+            if self._announced:
+                cursor.execute(sql.NOTIFY_CHANGES)
+
+    def _announce(self) -> None:
+        """Tell followers after the commit: the flag was set while the transaction ended."""
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(sql.NOTIFY_CHANGES)
 
     # --- Transaction state -------------------------------------------------------------
 

@@ -23,6 +23,7 @@ class Notifier:
         self.notify_channels = sorted(set(notify_channels))
         self.alias = alias
         self._conn: psycopg.Connection[Any] | None = None
+        self._held: set[str] = set()  # read by `poll`, not yet returned by `wait`
 
     def __enter__(self) -> Notifier:
         self._conn = connect_listen(self.alias)
@@ -53,7 +54,8 @@ class Notifier:
         """
         assert self._conn is not None
         pgconn = self._conn.pgconn
-        received = self._consume(pgconn)
+        received = self._held | self._consume(pgconn)
+        self._held = set()
         if received:
             return received
         fds = [pgconn.socket] + ([interrupt_fd] if interrupt_fd is not None else [])
@@ -62,6 +64,20 @@ class Notifier:
             pgconn.consume_input()  # raises OperationalError on a closed connection
             return self._consume(pgconn)
         return set()
+
+    def poll(self) -> set[str]:
+        """The channels that notified since the last `poll` or `wait`, without waiting;
+        the next `wait` returns them again (with whatever came since).
+
+        For a worker busy draining, which looks at its connection only between batches.
+        Raises ``psycopg.OperationalError`` when the connection is gone.
+        """
+        assert self._conn is not None
+        pgconn = self._conn.pgconn
+        pgconn.consume_input()  # reads what has arrived; libpq's socket never blocks
+        received = self._consume(pgconn)
+        self._held |= received
+        return received
 
     @staticmethod
     def _consume(pgconn: Any) -> set[str]:

@@ -24,6 +24,7 @@ from eventbus import sql
 from eventbus.declaring import registry, wiring
 from eventbus.declaring.channel import notify_channel
 from eventbus.operating import backfill, maintenance, metrics
+from eventbus.running import followers
 from eventbus.running.connections import add_keepalives
 from eventbus.running.executor import Executor
 from eventbus.running.ledger import LedgerUnavailable
@@ -47,6 +48,7 @@ CONNECTION_ERRORS = (
     LedgerUnavailable,
 )
 BEAT_INTERVAL = 1.0  # seconds between progress beats to the supervisor while idle
+LOOK_INTERVAL = 0.25  # seconds between looks for a follower's hello while draining
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,17 @@ class Worker:
         self._parent_pid = os.getppid()
         self._next_purge = time.monotonic() + options.purge_interval
         self._last_heartbeat = 0.0
+        self._notifier: Notifier | None = None
+        self._next_look = 0.0  # when a drain next looks for a follower's hello
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
     @property
     def notify_channels(self) -> list[str]:
-        return [notify_channel(name) for name in self.channels] + [self.ping_channel]
+        return [notify_channel(name) for name in self.channels] + [
+            self.ping_channel,
+            followers.HELLO,
+        ]
 
     @property
     def ping_channel(self) -> str:
@@ -131,6 +138,7 @@ class Worker:
         while not self._stopping:
             try:
                 with Notifier(self.notify_channels, self.options.alias) as notifier:
+                    self._notifier = notifier
                     delay = 0.5
                     health = Health(self.options.health_interval)
                     self._name_claim_connection()
@@ -150,6 +158,8 @@ class Worker:
                         woken = notifier.wait(timeout, self._wake_r)
                         if self.ping_channel in woken:
                             health.answered()
+                        if followers.HELLO in woken:
+                            self._followed(True)
                         health.check()  # raises ListenConnectionSilent
                         self._stop_if_orphaned()
                         if woken or time.monotonic() >= next_poll:
@@ -159,6 +169,7 @@ class Worker:
                             self._heartbeat_if_due()
                         self._purge_if_due()
             except CONNECTION_ERRORS as exc:
+                self._notifier = None
                 if self._stopping:
                     break
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -173,6 +184,7 @@ class Worker:
                 self._sleep(delay)
                 delay = min(delay * 2, self.options.reconnect_max_delay)
             except Exception as exc:  # a bug or an unforeseen error: never a dead worker
+                self._notifier = None
                 if self._stopping:
                     break
                 log.exception(
@@ -211,6 +223,7 @@ class Worker:
         while not self._stopping:
             self.liveness.beat()
             self._heartbeat_if_due()  # a long drain must not look like a dead worker
+            self._look_for_followers()
             outcomes = self.executor.run_batch(self.scope, self.options.batch_size)
             if not outcomes:  # not "fewer than a batch": ordered keys release one at a time
                 break
@@ -261,7 +274,35 @@ class Worker:
         host, _, pid = self.name.rpartition(":")
         channels = ",".join(self.channels)  # what it handles: others read coverage from it
         first, self._first_heartbeat = self._first_heartbeat, False
-        cursor.execute(sql.HEARTBEAT_WITH_CHANNELS, [self.name, host, int(pid), channels, first])
+        cursor.execute(
+            sql.HEARTBEAT_WITH_CHANNELS,
+            [self.name, host, int(pid), channels, first, followers.APPLICATION_NAME],
+        )
+        self._followed(bool(cursor.fetchone()[0]), cursor)
+
+    def _look_for_followers(self) -> None:
+        """While draining, notice a follower's hello between batches (a few times a second)."""
+        if followers.watched or self._notifier is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_look:
+            self._next_look = now + LOOK_INTERVAL
+            if followers.HELLO in self._notifier.poll():
+                self._followed(True)
+
+    def _followed(self, present: bool, cursor: Any = None) -> None:
+        """Someone follows (or no longer does): announce claim transactions (or stop).
+
+        On learning of a follower, announce once at once: what this process committed
+        before it knew (a batch in flight when the hello came) is then looked at too.
+        """
+        was, followers.watched = followers.watched, present
+        if present and not was:
+            if cursor is not None:
+                cursor.execute(sql.NOTIFY_CHANGES)
+            else:
+                with connections[self.options.alias].cursor() as own:
+                    own.execute(sql.NOTIFY_CHANGES)
 
     def _stop_if_orphaned(self) -> None:
         """A worker whose supervisor died (kill -9) stops instead of running unsupervised."""

@@ -10,11 +10,11 @@ from django.utils import timezone
 
 from eventbus import conf
 from eventbus.declaring import wiring
-from eventbus.event import DONE, RUNNABLE, STATES
+from eventbus.event import DEAD, DONE, RUNNABLE, STATES
 from eventbus.management.commands import _options
 from eventbus.management.commands._base import EventbusCommand
 from eventbus.models import EventRecord
-from eventbus.operating import maintenance, status
+from eventbus.operating import follow, maintenance, status
 from eventbus.sql import Scope
 
 COLUMNS = (
@@ -109,6 +109,25 @@ class Command(EventbusCommand):
         purge.add_argument(
             "--yes", action="store_true", help="really delete pending or failed events"
         )
+        followed = actions.add_parser(
+            "follow", help="print state changes live as they commit, until interrupted"
+        )
+        followed.add_argument(
+            "--channel", action="append", metavar="NAME", help="this channel's (repeatable)"
+        )
+        followed.add_argument("--key", action="append", metavar="KEY", help="(repeatable)")
+        followed.add_argument(
+            "--collection", type=int, metavar="ID", help="a collection (any member's event id)"
+        )
+        followed.add_argument(
+            "--last", type=int, default=20, help="show the newest N first (default 20)"
+        )
+        followed.add_argument(
+            "--until-finished",
+            action="store_true",
+            help="exit once nothing followed is pending or failed (1 if any is dead)",
+        )
+        followed.add_argument("--json", action="store_true", help="JSON lines, one per change")
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options.get("action")
@@ -118,6 +137,8 @@ class Command(EventbusCommand):
             self.tree(options)
         elif action == "purge":
             self.purge(options)
+        elif action == "follow":
+            self.follow(options)
         else:
             self.list(options)
 
@@ -255,6 +276,37 @@ class Command(EventbusCommand):
             self.stdout.write("  (nothing)")
         for (channel, state), count in sorted(counts.items()):
             self.stdout.write(f"  {channel:<28} {state:<8} {count:>8}")
+
+    def follow(self, options: dict[str, Any]) -> None:
+        """`events follow`: see eventbus.operating.follow."""
+        alias = conf.get().DATABASE_ALIAS
+        if options["last"] < 0:
+            raise CommandError("--last must be 0 or more")
+        collection = options["collection"]
+        if collection is not None:
+            collection = follow.resolve_collection(collection, alias)
+            if collection is None:
+                raise CommandError(f"no event or collection {options['collection']}")
+        followed = follow.Followed(
+            channels=_options.stored_channels(options["channel"], alias),
+            keys=tuple(options["key"]) if options["key"] else None,
+            collection=collection,
+            last=options["last"],
+        )
+
+        def line(text: str, out: Any = self.stdout) -> None:
+            out.write(text)
+            out.flush()  # live, also into a pipe
+
+        def emit(change: follow.Change) -> None:
+            line(json.dumps(change.as_json()) if options["json"] else change.text())
+
+        follower = follow.Follower(
+            followed, emit, lambda text: line(text, self.stderr), alias, options["until_finished"]
+        )
+        if follower.run():
+            dead = sum(1 for row in follower.known.values() if row.state == DEAD)
+            raise CommandError(f"finished: {dead} followed event(s) dead")
 
 
 def tree_order(events: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
