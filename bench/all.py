@@ -10,7 +10,15 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENARIOS = ("throughput", "latency", "write_cost", "memory", "subtransactions", "email_e2e")
+SCENARIOS = (
+    "throughput",
+    "latency",
+    "write_cost",
+    "memory",
+    "subtransactions",
+    "email_e2e",
+    "causation",
+)
 
 
 def main() -> None:

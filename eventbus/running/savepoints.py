@@ -19,10 +19,12 @@ SAVEPOINT and RELEASE, and they were most of a small handler's time (69 %, profi
 the pipeline sets the transaction-local settings that the event table's defaults read
 (``caused_by``, ``correlation_id``), so events that the handler publishes, or that
 triggers write for its writes, name their cause. With a per-event savepoint it is sent
-in the savepoint's own string. Without one (``isolation="batch"``) it costs a round trip,
-so it is sent only before a statement that can make an event: not before a plain
-``SELECT``, nor before an INSERT, UPDATE or DELETE of a table with no trigger at all
-(``triggered``: the tables with triggers, read once per worker).
+in the savepoint's own string. Without one (``isolation="batch"``) it goes in the string
+of the statement that needs it, ahead of it, where Django binds parameters on the client
+(its default with psycopg), and costs a round trip of its own only where it binds them
+on the server. Either way it is sent only before a statement that can make an event: not
+before a plain ``SELECT``, nor before an INSERT, UPDATE or DELETE of a table with no
+trigger at all (``triggered``: the tables with triggers, read once per worker).
 
 The rule that comes with it: the savepoint opens when a statement passes through
 Django's execute wrappers (the ORM, ``cursor.execute``/``executemany``, ``.iterator()``).
@@ -86,8 +88,14 @@ class Pipeline:
         if self.wanted != self.sent and (
             opening is not None or may_make_events(sql_, self.triggered)
         ):
-            self.held.append(CAUSE.format(*(n or "" for n in self.wanted)))
+            cause = CAUSE.format(*(n or "" for n in self.wanted))
             self.sent = self.wanted
+            if not self.held and _rides_along(sql_, many, ctx):
+                # Only the cause to send: in the statement's own string, no round trip.
+                result = execute(f"{cause}; {sql_}", params, many, ctx)
+                ctx["cursor"].cursor.nextset()  # to the statement's own result
+                return result
+            self.held.append(cause)
         if not self.held:
             return execute(sql_, params, many, ctx)
         held, self.held = self.held, []
@@ -192,6 +200,14 @@ def may_make_events(statement: Any, triggered: Collection[str] | None) -> bool:
     name = target.group(1)
     table = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
     return table in triggered
+
+
+def _rides_along(statement: Any, many: bool, ctx: Any) -> bool:
+    """Whether a statement can carry another before it in its own string: one plain
+    string, on a cursor that binds parameters on the client (Django's default with
+    psycopg), which sends it as a simple query that may hold several statements."""
+    cursor = getattr(ctx.get("cursor"), "cursor", None)
+    return isinstance(statement, str) and not many and type(cursor) is psycopg.ClientCursor
 
 
 @contextlib.contextmanager
