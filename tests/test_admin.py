@@ -147,9 +147,7 @@ def test_a_failed_event_shows_when_it_runs_again_to_the_millisecond(staff: Clien
     event = put("failed", attempts=2, last_error="TimeoutError: slow", run_after=when)
     html = staff.get(EVENT_PAGE.format(event.pk)).content.decode()
     stamp = timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    assert f"failed: runs again {stamp} UTC (in 4 min 59 s)" in html or (
-        f"failed: runs again {stamp} UTC (in 5 min 0 s)" in html
-    )
+    assert f"failed: runs again {stamp} UTC (in 4 min 5" in html  # 5 min, less the test's time
     created = timezone.localtime(event.created_at).strftime("%H:%M:%S.%f")[:-3]
     assert created in html
 
@@ -297,7 +295,7 @@ def test_the_workers_page_counts_handled_events_shows_the_batch_and_marks_silenc
     assert "eventbus-silent" not in rows["web-1:77"]
     assert 'class="eventbus-silent"' in rows["web-2:88"] and "silent for 2 min" in rows["web-2:88"]
     assert f"3 events (ids {batch[0]}-{batch[2]}) since" in rows["web-2:88"]
-    assert "(1 min 30 s)" in rows["web-2:88"]
+    assert "(1 min 3" in rows["web-2:88"]  # 90 s, and the test's own time
     assert "none (the last: 1 event," in rows["web-1:77"]
     assert "comment_created, post_created" in rows["web-1:77"]
 
