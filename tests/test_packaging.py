@@ -155,6 +155,7 @@ def test_the_wheel_holds_the_engine_and_none_of_the_reference_site(wheel: Path) 
     names = zipfile.ZipFile(wheel).namelist()
     assert "eventbus/migrations/0001_initial.py" in names
     assert "eventbus/management/commands/listen.py" in names
+    assert "eventbus/templates/admin/eventbus/eventrecord/change_form.html" in names
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"eventbus", wheel.name.split("-py3")[0] + ".dist-info"}
     assert (

@@ -93,6 +93,22 @@ def collection(collection: int, alias: str = "default") -> dict[str, Any]:
     }
 
 
+def tree_order(events: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """Events depth first, each under the event that caused it (roots in id order)."""
+    ids = {e["id"] for e in events}
+    children: dict[int | None, list[dict[str, Any]]] = {}
+    for event in events:
+        parent = event["caused_by"] if event["caused_by"] in ids else None
+        children.setdefault(parent, []).append(event)
+    ordered: list[tuple[int, dict[str, Any]]] = []
+    stack = [(0, e) for e in reversed(children.get(None, []))]
+    while stack:
+        depth, event = stack.pop()
+        ordered.append((depth, event))
+        stack += [(depth + 1, c) for c in reversed(children.get(event["id"], []))]
+    return ordered
+
+
 def backlog(alias: str = "default") -> dict[str, tuple[int, float]]:
     """Runnable events per channel: (count, seconds the oldest due one has waited)."""
     with connections[alias].cursor() as cursor:

@@ -230,7 +230,7 @@ class Command(EventbusCommand):
             return
         events = found["events"]
         self.stdout.write(f"collection {collection}: {found['state']} ({len(events)} event(s))")
-        for depth, event in tree_order(events):
+        for depth, event in status.tree_order(events):
             self.stdout.write("  " * depth + _tree_line(event))
 
     def purge(self, options: dict[str, Any]) -> None:
@@ -307,22 +307,6 @@ class Command(EventbusCommand):
         if follower.run():
             dead = sum(1 for row in follower.known.values() if row.state == DEAD)
             raise CommandError(f"finished: {dead} followed event(s) dead")
-
-
-def tree_order(events: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
-    """Events depth first, each under the event that caused it (roots in id order)."""
-    ids = {e["id"] for e in events}
-    children: dict[int | None, list[dict[str, Any]]] = {}
-    for event in events:
-        parent = event["caused_by"] if event["caused_by"] in ids else None
-        children.setdefault(parent, []).append(event)
-    ordered: list[tuple[int, dict[str, Any]]] = []
-    stack = [(0, e) for e in reversed(children.get(None, []))]
-    while stack:
-        depth, event = stack.pop()
-        ordered.append((depth, event))
-        stack += [(depth + 1, c) for c in reversed(children.get(event["id"], []))]
-    return ordered
 
 
 def _tree_line(event: dict[str, Any]) -> str:
