@@ -144,7 +144,7 @@ def test_a_chain_whose_steps_are_not_imported_has_no_handler_and_a_partial_one_f
         assert registry.handler_for("chain_declared_only") is not None
         [error] = chains.check_chain_steps()
         assert (error.id, error.msg) == (
-            "eventbus.E020",
+            "eventbus.E030",
             "chain chain_declared_only declares steps with no function: second",
         )
         with pytest.raises(ValueError, match="declares no step 'third'"):

@@ -151,7 +151,7 @@ _chains: list[Chain] = []
 
 @checks.register("eventbus")
 def check_chain_steps(**kwargs: Any) -> list[checks.CheckMessage]:
-    """eventbus.E020: a chain whose steps' code is imported has a function for every step
+    """eventbus.E030: a chain whose steps' code is imported has a function for every step
     it declares (a missing one would make its events dead)."""
     errors = []
     for chain in _chains:
@@ -162,7 +162,7 @@ def check_chain_steps(**kwargs: Any) -> list[checks.CheckMessage]:
                     f"chain {chain.name} declares steps with no function: {', '.join(missing)}",
                     hint="Decorate a function of that name with @chain.step, in a module "
                     'that EVENTBUS["LISTENER_MODULES"] imports.',
-                    id="eventbus.E020",
+                    id="eventbus.E030",
                 )
             )
     return errors
