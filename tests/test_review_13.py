@@ -280,3 +280,16 @@ def test_a_read_primary_view_that_renders_a_template_reads_the_primary(
     response = client.get("/rv/posts/")
     assert response.content.decode() == f"{post.title};"
     assert "Post" not in asked_replica
+
+
+@pytest.mark.django_db
+def test_events_a_test_writes_after_run_events_are_roots() -> None:
+    """`eventbus.testing.run_events` runs in the test's transaction (a TestCase's), and
+    the cause the executor set for the last handled event (here sent before the mark,
+    though its handler sent no query) outlives the claim's savepoint: what the test writes
+    next is "caused" by that event, and joins its collection."""
+    handled = elsewhere.publish({})
+    run_events(["rv_elsewhere"])
+    later = elsewhere.publish({})
+    record = EventRecord.objects.get(pk=later)
+    assert (record.caused_by, record.correlation_id) == (None, None), f"handled: {handled}"
