@@ -257,6 +257,10 @@ class Executor:
                         else:
                             outcomes = self._handle_all(claims, connection)
                             self._check_state()
+                        # The marks make no event: no cause for them (none is sent if
+                        # no handler wrote), and none outlives the claim (run_events runs
+                        # in a test's own transaction).
+                        self._pipeline.caused_by(None, None)
                         self._mark(outcomes)
                     finally:
                         self._pipeline = None
