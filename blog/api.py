@@ -256,11 +256,9 @@ def collection(request: HttpRequest, collection_id: int) -> JsonResponse:
     if refused := _unsigned(request):
         return refused
     found = status.collection_id(collection_id)
-    if found is None:  # a reserved id (eventbus.collection()) has members but no event
-        found = collection_id
-    result = status.collection(found)
-    if not result["events"]:
+    if found is None:
         return _error(404, f"no collection {collection_id}")
+    result = status.collection(found)
     return JsonResponse(result)
 
 

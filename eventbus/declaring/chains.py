@@ -14,6 +14,7 @@ of its events'.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +127,13 @@ class Chain:
         if result is not None and not isinstance(result, dict):
             raise MalformedEvent(f"step {name} of chain {self.name} returned {type(result)}")
         merged = {**data, **(result or {})}
+        try:  # checked before anything is published: a retry would run the step again
+            json.dumps(merged)
+        except (TypeError, ValueError) as exc:
+            raise MalformedEvent(
+                f"step {name} of chain {self.name} returned data that is not JSON ({exc}); "
+                "return strings, numbers, lists and dicts (a date as its isoformat())"
+            ) from None
         names = self.order
         index = names.index(name)
         if index + 1 < len(names):

@@ -24,11 +24,16 @@ def collection(using: str = "default", join: int | None = None) -> Iterator[int]
     """A transaction whose events form one collection; yields the collection's id.
 
     The id is taken from the event table's id sequence, so it never names another
-    collection. ``join`` adds the block's events to an existing collection instead.
+    collection. ``join`` adds the block's events to an existing collection instead (its
+    id, or any member's).
     Nested in an outer transaction, the block is a savepoint, and events written after
     it are not in the collection. Use it outside handlers: inside one, events already
     join the handler's collection.
     """
+    if join is not None:  # any member's id names its collection
+        from eventbus.operating.status import collection_id
+
+        join = collection_id(join, using) or join
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute(*sql.open_collection(join))
         opened, previous = cursor.fetchone()

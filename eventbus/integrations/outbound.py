@@ -159,6 +159,8 @@ def post(
         raise DeadlineExceeded(f"{url} took over the deadline of {deadline:g} s") from exc
     except (OSError, http.client.HTTPException) as exc:
         raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+    except UnicodeError as exc:  # a header that HTTP/1.1 cannot carry
+        raise Refused(f"{type(exc).__name__}: {exc}") from exc
     finally:
         sock.close()
 
@@ -181,8 +183,17 @@ class _Target:
             raise Refused(f"not an http(s) URL: {url!r}")
         if not parts.hostname:
             raise Refused(f"no host in {url!r}")
+        try:  # an internationalised name, as DNS, Host and TLS spell it
+            host = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise Refused(f"not a valid host name in {url!r} ({exc})") from None
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(parts.scheme, parts.hostname, port, path)
+        # Non-ASCII or spaces, percent-encoded as UTF-8; what is already encoded stays.
+        path = urllib.parse.quote(path, safe=_URL_SAFE)
+        return cls(parts.scheme, host, port, path)
+
+
+_URL_SAFE = "/?&=%:@!$'()*+,;~[]-._"
 
 
 class _Clock:

@@ -46,12 +46,18 @@ def pinned(alias: str) -> Iterator[None]:
         _pinned_to.reset(token)
 
 
+# The pins `read_primary` blocks set, innermost last: per thread and per task, so one
+# `read_primary()` object may be entered by several at once.
+_entered: ContextVar[tuple[Token[str | None], ...]] = ContextVar(
+    "eventbus_read_primary_entered", default=()
+)
+
+
 class ReadPrimary:
     """``read_primary()``: a context manager and a decorator (sync or async functions)."""
 
     def __init__(self, using: str | None = None) -> None:
         self.using = using
-        self._tokens: list[Token[str | None]] = []
 
     def alias(self) -> str:
         """`using`; else, inside a handler, the claim's alias; else eventbus's primary."""
@@ -64,7 +70,8 @@ class ReadPrimary:
         return conf.get().DATABASE_ALIAS
 
     def __enter__(self) -> None:
-        self._tokens.append(_pinned_to.set(self.alias()))
+        token = _pinned_to.set(self.alias())
+        _entered.set((*_entered.get(), token))
 
     def __exit__(
         self,
@@ -72,7 +79,9 @@ class ReadPrimary:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _pinned_to.reset(self._tokens.pop())
+        *outer, token = _entered.get()
+        _entered.set(tuple(outer))
+        _pinned_to.reset(token)
 
     def __call__(self, func: F) -> F:
         # A fresh instance per call: one decorated view runs in many threads at once.
@@ -81,16 +90,24 @@ class ReadPrimary:
             @functools.wraps(func)
             async def pinned_async(*args: Any, **kwargs: Any) -> Any:
                 with ReadPrimary(self.using):
-                    return await func(*args, **kwargs)
+                    return _rendered(await func(*args, **kwargs))
 
             return pinned_async  # type: ignore[return-value]
 
         @functools.wraps(func)
         def pinned_sync(*args: Any, **kwargs: Any) -> Any:
             with ReadPrimary(self.using):
-                return func(*args, **kwargs)
+                return _rendered(func(*args, **kwargs))
 
         return pinned_sync  # type: ignore[return-value]
+
+
+def _rendered(response: Any) -> Any:
+    """A view's template response, rendered now, inside the block: its lazy querysets
+    (a generic view's ``object_list``) would otherwise run after it, on the replica."""
+    if callable(getattr(response, "render", None)) and response.is_rendered is False:
+        response.render()
+    return response
 
 
 @overload

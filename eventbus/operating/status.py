@@ -67,10 +67,14 @@ def worst(states: Iterable[str]) -> str:
 
 
 def collection_id(event_id: int, alias: str = "default") -> int | None:
-    """The collection event `event_id` belongs to, or None if there is no such event."""
-    row = EventRecord.objects.using(alias).filter(pk=event_id).values_list("correlation_id")
-    found = row.first()
-    return None if found is None else (found[0] or event_id)
+    """The collection of `event_id`: the collection an event of that id belongs to, or
+    `event_id` itself when it is a collection's id that no event has (one that
+    ``eventbus.collection()`` reserved); None when it is neither."""
+    events = EventRecord.objects.using(alias)
+    found = events.filter(pk=event_id).values_list("correlation_id").first()
+    if found is not None:
+        return found[0] or event_id
+    return event_id if events.filter(correlation_id=event_id).exists() else None
 
 
 def collection(collection: int, alias: str = "default") -> dict[str, Any]:

@@ -19,12 +19,13 @@ SAVEPOINT and RELEASE, and they were most of a small handler's time (69 %, profi
 the pipeline sets the transaction-local settings that the event table's defaults read
 (``caused_by``, ``correlation_id``), so events that the handler publishes, or that
 triggers write for its writes, name their cause. With a per-event savepoint it is sent
-in the savepoint's own string. Without one (``isolation="batch"``) it goes in the string
-of the statement that needs it, ahead of it, where Django binds parameters on the client
-(its default with psycopg), and costs a round trip of its own only where it binds them
-on the server. Either way it is sent only before a statement that can make an event: not
-before a plain ``SELECT``, nor before an INSERT, UPDATE or DELETE of a table with no
-trigger at all (``triggered``: the tables with triggers, read once per worker).
+in the savepoint's own string. Without one (``isolation="batch"``) it goes ahead of the
+handler's first statement, in that statement's own string, where Django binds parameters
+on the client (its default with psycopg). Where it binds them on the server, that costs a
+round trip, so it is sent only before a statement that can make an event (not a plain
+``SELECT``, nor a write to a table with no trigger: ``triggered``, read once per
+worker), or when the server still holds another event's cause, so an event never names
+the wrong one.
 
 The rule that comes with it: the savepoint opens when a statement passes through
 Django's execute wrappers (the ORM, ``cursor.execute``/``executemany``, ``.iterator()``).
@@ -85,17 +86,24 @@ class Pipeline:
         opening, self.lazy = self.lazy, None
         if opening is not None:
             self.held.append(f'SAVEPOINT "{opening}"')
-        if self.wanted != self.sent and (
-            opening is not None or may_make_events(sql_, self.triggered)
-        ):
-            cause = CAUSE.format(*(n or "" for n in self.wanted))
-            self.sent = self.wanted
-            if not self.held and _rides_along(sql_, many, ctx):
-                # Only the cause to send: in the statement's own string, no round trip.
-                result = execute(f"{cause}; {sql_}", params, many, ctx)
-                ctx["cursor"].cursor.nextset()  # to the statement's own result
-                return result
-            self.held.append(cause)
+        if self.wanted != self.sent and not (own and sql_.startswith(SAVEPOINT_SQL)):
+            rides = not self.held and _rides_along(sql_, many, ctx)
+            # Free when it rides along. Otherwise a round trip: sent only where an event
+            # may follow, or where the server holds another event's cause (a write that
+            # only a function or a cascade turns into an event must never name it).
+            if (
+                rides
+                or opening is not None
+                or self.sent != (0, 0)
+                or may_make_events(sql_, self.triggered)
+            ):
+                cause = CAUSE.format(*(n or "" for n in self.wanted))
+                self.sent = self.wanted
+                if rides:  # in the statement's own string: no round trip
+                    result = execute(f"{cause}; {sql_}", params, many, ctx)
+                    ctx["cursor"].cursor.nextset()  # to the statement's own result
+                    return result
+                self.held.append(cause)
         if not self.held:
             return execute(sql_, params, many, ctx)
         held, self.held = self.held, []
