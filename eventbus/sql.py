@@ -382,7 +382,7 @@ def mark_errors(worker: str, marks: Sequence[ErrorMark]) -> tuple[sql.Composed, 
         "entry_chars": ERROR_ENTRY_CHARS,
         "ids": [m.event_id for m in marks],
         "states": [m.state for m in marks],
-        "delays": [m.delay for m in marks],
+        "delays": [float(m.delay) for m in marks],  # RetryLater(delay=30) is an int
         "errors": [m.error for m in marks],
         "transient": [m.transient for m in marks],
     }
