@@ -36,6 +36,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # The request's trace context into the events its writes make (a no-op without
+    # OpenTelemetry, or without a traced request): README, "Tracing".
+    "eventbus.integrations.tracing.TraceContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's CSS, from gunicorn or runserver
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -29,6 +29,7 @@ _ENVIRONMENT: dict[str, Any] = {
     "PAYLOAD_BUDGET": int,
     "TRANSIENT_RETRIES": int,
     "LOG_LEVEL": str,
+    "TRACING": lambda v: {"1": True, "true": True, "0": False, "false": False}.get(v.lower()),
     "LISTENER_MODULES": lambda v: tuple(
         m for m in v.split(",") if m
     ),  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
@@ -62,6 +63,9 @@ class Settings:
     LOG_LEVEL: str = "INFO"  # the engine's logs, unless the project's LOGGING sets them
     FAULT_RATE: float = 0.0  # chaos testing: fraction of attempts failed on purpose
     FAULT_SEED: int = 0
+    # Tracing (eventbus.integrations.tracing): None, on when OpenTelemetry is installed and
+    # a tracer provider is configured; False: off, nothing imported; True: always on.
+    TRACING: bool | None = None
 
 
 def get() -> Settings:

@@ -69,6 +69,9 @@ class EventRecord(models.Model):
     # the writer's transaction settings, so triggers and `publish` fill them unasked.
     caused_by = models.BigIntegerField(null=True, blank=True)
     correlation_id = models.BigIntegerField(null=True, blank=True)
+    # The W3C traceparent of the traced request that wrote it (eventbus.integrations.
+    # tracing): its database default reads a transaction setting that the middleware sets.
+    traceparent = models.TextField(null=True, blank=True)
 
     class Meta:
         db_table = "eventbus_event"

@@ -490,6 +490,15 @@ def claimed(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     return query, [list(ids), list(ids)]
 
 
+def trace_contexts(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
+    """The trace contexts that `ids` carry (eventbus.integrations.tracing): read after the
+    claim, and only when tracing is on, so the claim itself never pays for them."""
+    query = sql.SQL(
+        "SELECT id, traceparent FROM {table} WHERE id = ANY(%s) AND traceparent IS NOT NULL"
+    ).format(table=TABLE)
+    return query, [list(ids)]
+
+
 WORKERS = sql.Identifier("eventbus_worker")
 
 FORGET_WORKER = sql.SQL("DELETE FROM {workers} WHERE name = %s").format(workers=WORKERS)
