@@ -499,6 +499,23 @@ def trace_contexts(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     return query, [list(ids)]
 
 
+# Alerts on death (eventbus.integrations.alerts): record `n` new deaths of a channel and
+# decide, in one statement shared by all workers, whether they get an alert. One is due
+# when the channel never had one or its last is `interval` seconds old; it then reports
+# the deaths it covers besides its first (those suppressed since, and the rest of `n`).
+# `reported` is -1 when no alert is due. (SET reads the row as it was before the update.)
+_ALERT_DUE = "a.sent_at <= now() - make_interval(secs => %(interval)s)"
+ADMIT_DEAD_ALERT = sql.SQL(
+    "INSERT INTO {alerts} AS a (channel, sent_at, suppressed, reported) "
+    "VALUES (%(channel)s, now(), 0, %(n)s - 1) "
+    "ON CONFLICT (channel) DO UPDATE SET "
+    f"sent_at = CASE WHEN {_ALERT_DUE} THEN now() ELSE a.sent_at END, "
+    f"suppressed = CASE WHEN {_ALERT_DUE} THEN 0 ELSE a.suppressed + %(n)s END, "
+    f"reported = CASE WHEN {_ALERT_DUE} THEN a.suppressed + %(n)s - 1 ELSE -1 END "
+    "RETURNING a.reported"
+).format(alerts=sql.Identifier("eventbus_dead_alert"))
+
+
 WORKERS = sql.Identifier("eventbus_worker")
 
 FORGET_WORKER = sql.SQL("DELETE FROM {workers} WHERE name = %s").format(workers=WORKERS)

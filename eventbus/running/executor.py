@@ -47,7 +47,7 @@ from eventbus.declaring.policies import Policies
 from eventbus.declaring.retry import after_attempt
 from eventbus.errors import HandlerTimeout
 from eventbus.event import DEAD, DONE, FAILED, Event, decode_payload
-from eventbus.integrations import routing, tracing
+from eventbus.integrations import alerts, routing, tracing
 from eventbus.operating import metrics
 from eventbus.running import faults
 from eventbus.running.errortext import describe, first_line
@@ -162,8 +162,9 @@ class Executor:
         self._pipeline: Pipeline | None = None  # the claim transaction's savepoints
         self._triggered: frozenset[str] | None = None  # tables with triggers (causation)
         self.quarantine: Quarantine | None = None  # handler slots: suspects run alone
-        # Optional: None when off, checked once per batch, never per event.
+        # Optional integrations: None when off, checked once per batch, never per event.
         self.tracing = tracing.handler_tracer(settings)
+        self.alerts = alerts.dead_alerts(settings, alias)
 
     # --- A batch ---------------------------------------------------------------------
 
@@ -191,6 +192,8 @@ class Executor:
         for outcome in outcomes:  # logged once committed: these are the real state changes
             _log(outcome)
             metrics.observe(outcome.channel, outcome.status, outcome.attempt, outcome.seconds)
+        if self.alerts is not None and outcomes:  # committed: newly dead events may alert
+            self.alerts.after_commit(outcomes)
         return outcomes
 
     def idle(self) -> None:
