@@ -65,7 +65,7 @@ _triggered: dict[str, frozenset[str]] = {}  # per database alias: tables with tr
 
 
 def _installed() -> bool:
-    """Whether OpenTelemetry's API can be imported (it is, then: it is wanted)."""
+    """Whether OpenTelemetry's API is installed (importing it: called only when wanted)."""
     try:
         import opentelemetry.trace  # noqa: F401
     except ImportError:
