@@ -36,6 +36,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # The request's trace context into the events its writes make (a no-op without
+    # OpenTelemetry, or without a traced request): README, "Tracing".
+    "eventbus.integrations.tracing.TraceContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's CSS, from gunicorn or runserver
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -109,6 +112,11 @@ EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
 EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "blog@localhost")
+# Who hears about dead events (comma-separated addresses), through mail_admins.
+ADMINS = [
+    (a.strip(), a.strip()) for a in os.environ.get("DJANGO_ADMINS", "").split(",") if a.strip()
+]
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 # --- Webhook API ---------------------------------------------------------------------
 # Shared secret for the HMAC signature of API requests and of outgoing callbacks.
@@ -131,6 +139,9 @@ CALLBACK_DEADLINE = float(os.environ.get("CALLBACK_DEADLINE", 10))  # seconds, a
 EVENTBUS = {
     # Modules imported at start-up that register handlers.
     "LISTENER_MODULES": ["listeners"],
+    # A newly dead event emails ADMINS (at most one per channel per 10 minutes).
+    "DEAD_ALERT": "mail_admins" if ADMINS else None,
+    "ADMIN_BASE_URL": os.environ.get("SITE_URL", ""),  # links in alerts: https://blog.example
 }
 # No LOGGING: eventbus logs its start, state changes and errors to stderr by itself, at
 # EVENTBUS_LOG_LEVEL (README, "Logs"). A project's LOGGING for "eventbus" would win.

@@ -29,6 +29,10 @@ _ENVIRONMENT: dict[str, Any] = {
     "PAYLOAD_BUDGET": int,
     "TRANSIENT_RETRIES": int,
     "LOG_LEVEL": str,
+    "TRACING": lambda v: {"1": True, "true": True, "0": False, "false": False}.get(v.lower()),
+    "DEAD_ALERT": str,
+    "DEAD_ALERT_INTERVAL": float,
+    "ADMIN_BASE_URL": str,
     "LISTENER_MODULES": lambda v: tuple(
         m for m in v.split(",") if m
     ),  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
@@ -62,6 +66,14 @@ class Settings:
     LOG_LEVEL: str = "INFO"  # the engine's logs, unless the project's LOGGING sets them
     FAULT_RATE: float = 0.0  # chaos testing: fraction of attempts failed on purpose
     FAULT_SEED: int = 0
+    # Tracing (eventbus.integrations.tracing): None, on when OpenTelemetry is installed and
+    # a tracer provider is configured; False: off, nothing imported; True: always on.
+    TRACING: bool | None = None
+    # Alerts on death (eventbus.integrations.alerts): "mail_admins", or the dotted path of
+    # a hook; at most one per channel per DEAD_ALERT_INTERVAL seconds, across all workers.
+    DEAD_ALERT: str | None = None
+    DEAD_ALERT_INTERVAL: float = 600.0
+    ADMIN_BASE_URL: str = ""  # the site's address, for admin links in alerts (no request)
 
 
 def get() -> Settings:

@@ -69,6 +69,9 @@ class EventRecord(models.Model):
     # the writer's transaction settings, so triggers and `publish` fill them unasked.
     caused_by = models.BigIntegerField(null=True, blank=True)
     correlation_id = models.BigIntegerField(null=True, blank=True)
+    # The W3C traceparent of the traced request that wrote it (eventbus.integrations.
+    # tracing): its database default reads a transaction setting that the middleware sets.
+    traceparent = models.TextField(null=True, blank=True)
 
     class Meta:
         db_table = "eventbus_event"
@@ -107,6 +110,26 @@ class EventRecord(models.Model):
 
     def __str__(self) -> str:
         return f"event {self.id} ({self.channel}, {self.state})"
+
+
+class DeadAlertRecord(models.Model):
+    """Per channel, the last alert about a dead event, shared by every worker on every host:
+    the rate limit of ``eventbus.integrations.alerts`` (one alert per channel per interval,
+    naming how many died meanwhile without one)."""
+
+    channel = models.CharField(max_length=128, primary_key=True)
+    sent_at = models.DateTimeField()  # when the last alert went out
+    suppressed = models.IntegerField(default=0)  # deaths since, without an alert of their own
+    # What the latest death reported: -1 if it sent no alert, else the deaths its alert
+    # counted besides its own (read back by the statement that decides).
+    reported = models.IntegerField(default=0)
+
+    class Meta:
+        db_table = "eventbus_dead_alert"
+        verbose_name = "dead-event alert"
+
+    def __str__(self) -> str:
+        return f"alerts of {self.channel}"
 
 
 class WorkerRecord(models.Model):

@@ -438,7 +438,7 @@ def mark_errors(worker: str, marks: Sequence[ErrorMark]) -> tuple[sql.Composed, 
         "entry_chars": ERROR_ENTRY_CHARS,
         "ids": [m.event_id for m in marks],
         "states": [m.state for m in marks],
-        "delays": [m.delay for m in marks],
+        "delays": [float(m.delay) for m in marks],  # RetryLater(delay=30) is an int
         "errors": [m.error for m in marks],
         "transient": [m.transient for m in marks],
     }
@@ -557,6 +557,32 @@ def claimed(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
         "(SELECT id FROM {table} WHERE id = ANY(%s) FOR KEY SHARE SKIP LOCKED)"
     ).format(table=TABLE)
     return query, [list(ids), list(ids)]
+
+
+def trace_contexts(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
+    """The trace contexts that `ids` carry (eventbus.integrations.tracing): read after the
+    claim, and only when tracing is on, so the claim itself never pays for them."""
+    query = sql.SQL(
+        "SELECT id, traceparent FROM {table} WHERE id = ANY(%s) AND traceparent IS NOT NULL"
+    ).format(table=TABLE)
+    return query, [list(ids)]
+
+
+# Alerts on death (eventbus.integrations.alerts): record `n` new deaths of a channel and
+# decide, in one statement shared by all workers, whether they get an alert. One is due
+# when the channel never had one or its last is `interval` seconds old; it then reports
+# the deaths it covers besides its first (those suppressed since, and the rest of `n`).
+# `reported` is -1 when no alert is due. (SET reads the row as it was before the update.)
+_ALERT_DUE = "a.sent_at <= now() - make_interval(secs => %(interval)s)"
+ADMIT_DEAD_ALERT = sql.SQL(
+    "INSERT INTO {alerts} AS a (channel, sent_at, suppressed, reported) "
+    "VALUES (%(channel)s, now(), 0, %(n)s - 1) "
+    "ON CONFLICT (channel) DO UPDATE SET "
+    f"sent_at = CASE WHEN {_ALERT_DUE} THEN now() ELSE a.sent_at END, "
+    f"suppressed = CASE WHEN {_ALERT_DUE} THEN 0 ELSE a.suppressed + %(n)s END, "
+    f"reported = CASE WHEN {_ALERT_DUE} THEN a.suppressed + %(n)s - 1 ELSE -1 END "
+    "RETURNING a.reported"
+).format(alerts=sql.Identifier("eventbus_dead_alert"))
 
 
 WORKERS = sql.Identifier("eventbus_worker")

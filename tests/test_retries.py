@@ -126,6 +126,15 @@ def test_retry_later_reschedules_with_the_delay_it_asks_for() -> None:
     assert before + timedelta(seconds=29) < record.run_after < before + timedelta(seconds=40)
 
 
+def test_a_whole_second_delay_and_a_dead_event_in_one_batch_are_both_recorded() -> None:
+    waiting, hopeless = put("test_not_ready"), put("test_hopeless")  # delay=30: an int
+    outcomes = run_all()
+    assert [o.status for o in outcomes] == ["failed", "dead"]
+    waiting.refresh_from_db()
+    hopeless.refresh_from_db()
+    assert (waiting.state, hopeless.state) == ("failed", "dead")
+
+
 def test_give_up_makes_the_event_dead_at_once() -> None:
     record = put("test_hopeless")
     run_all()

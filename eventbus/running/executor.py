@@ -47,7 +47,7 @@ from eventbus.declaring.policies import Policies
 from eventbus.declaring.retry import after_attempt
 from eventbus.errors import HandlerTimeout
 from eventbus.event import DEAD, DONE, FAILED, Event, decode_payload
-from eventbus.integrations import routing
+from eventbus.integrations import alerts, routing, tracing
 from eventbus.operating import metrics
 from eventbus.running import faults, followers
 from eventbus.running.errortext import describe, first_line
@@ -163,6 +163,9 @@ class Executor:
         self._triggered: frozenset[str] | None = None  # tables with triggers (causation)
         self.quarantine: Quarantine | None = None  # handler slots: suspects run alone
         self._announced = False  # the last claim transaction told followers (see _mark)
+        # Optional integrations: None when off, checked once per batch, never per event.
+        self.tracing = tracing.handler_tracer(settings)
+        self.alerts = alerts.dead_alerts(settings, alias)
 
     # --- A batch ---------------------------------------------------------------------
 
@@ -190,6 +193,8 @@ class Executor:
         for outcome in outcomes:  # logged once committed: these are the real state changes
             _log(outcome)
             metrics.observe(outcome.channel, outcome.status, outcome.attempt, outcome.seconds)
+        if self.alerts is not None and outcomes:  # committed: newly dead events may alert
+            self.alerts.after_commit(outcomes)
         return outcomes
 
     def idle(self) -> None:
@@ -358,18 +363,50 @@ class Executor:
                 shared.append(claim)
             else:
                 singles.append(claim)
+        tracer = self.tracing
+        if tracer is not None:
+            tracer.load(connection, [e.id for e in claims])
         # what `prefetch` loaders get: the batch's events whose payloads it holds
         with prefetching.batch([e for e in claims if e.id not in self._lazy]):
             if singles:  # always inside the claim's pipeline (see _run)
-                outcomes.update(self._handle_singles(singles, budget))
+                outcomes.update(
+                    self._handle_singles(singles, budget)
+                    if tracer is None
+                    else self._handle_traced(tracer, singles, budget)
+                )
             for channel, group in groups.items():
                 if outcomes and budget.exhausted():
                     break
                 handler = registry.handler_for(channel).handler
-                outcomes.update(self._handle_group(handler, group, budget))
+                if tracer is None:
+                    outcomes.update(self._handle_group(handler, group, budget))
+                    continue
+                with tracer.span(group) as span:
+                    handled = self._handle_group(handler, group, budget)
+                    span.record(handled.values())
+                outcomes.update(handled)
             if shared and not (outcomes and budget.exhausted()):
-                outcomes.update(self._handle_shared(shared, budget))
+                outcomes.update(
+                    self._handle_shared(shared, budget)
+                    if tracer is None
+                    else self._handle_traced(tracer, shared, budget)
+                )
         return [outcomes[e.id] for e in claims if e.id in outcomes]
+
+    def _handle_traced(
+        self, tracer: tracing.HandlerTracer, claims: list[Event], budget: Budget
+    ) -> dict[int, Outcome]:
+        """With tracing on: each per-event handler in its own span and its own savepoint
+        (``isolation="batch"`` too, so a span's outcome is the one that commits), by
+        `_handle_one`, the path ``_handle_singles`` is the unrolled form of."""
+        outcomes: dict[int, Outcome] = {}
+        for claim in claims:
+            if outcomes and budget.exhausted():
+                break
+            with tracer.span([claim]) as span:
+                outcome = outcomes[claim.id] = self._handle_one(claim)
+                span.record([outcome])
+        return outcomes
 
     def _handle_shared(self, claims: list[Event], budget: Budget) -> dict[int, Outcome]:
         """isolation="batch": one savepoint for all; on any error, redo one by one.
