@@ -49,7 +49,7 @@ from django.http import HttpRequest, HttpResponse
 
 from eventbus import conf, sql
 from eventbus.running.errortext import first_line
-from eventbus.running.savepoints import may_make_events
+from eventbus.running.savepoints import may_make_events, triggered_tables
 
 if TYPE_CHECKING:  # never imported at run time unless tracing is on
     from eventbus.conf import Settings
@@ -61,7 +61,6 @@ SET_TRACEPARENT = f"SELECT set_config('{SETTING}', %s, true)"
 UNSTARTED = "unstarted"  # a batch handler's event left for the next batch (the budget)
 
 _WRITE = re.compile(r"\s*\(*\s*(?:INSERT|UPDATE|DELETE|MERGE|WITH|COPY)\b", re.IGNORECASE)
-_triggered: dict[str, frozenset[str]] = {}  # per database alias: tables with triggers
 
 
 def _installed() -> bool:
@@ -162,19 +161,7 @@ def writes_events(statement: Any, connection: Any) -> bool:
     trigger (or of the event table), or a write the check cannot read."""
     if isinstance(statement, str) and not _WRITE.match(statement):
         return False
-    return may_make_events(statement, _triggered_tables(connection))
-
-
-def _triggered_tables(connection: Any) -> frozenset[str]:
-    """Tables with triggers, read once per process and database (a migration that adds a
-    channel is deployed with a restart)."""
-    found = _triggered.get(connection.alias)
-    if found is None:
-        with connection.wrap_database_errors, connection.connection.cursor() as cursor:
-            cursor.execute(sql.TRIGGERED_TABLES)
-            names = {row[0] for row in cursor.fetchall()}
-        found = _triggered[connection.alias] = frozenset(names | {"eventbus_event"})
-    return found
+    return may_make_events(statement, triggered_tables(connection))
 
 
 # --- The worker side ----------------------------------------------------------------------

@@ -54,7 +54,7 @@ from eventbus.running.errortext import describe, first_line
 from eventbus.running.ledger import CrashLedger, LedgerUnavailable, SideConnection
 from eventbus.running.liveness import Liveness
 from eventbus.running.quarantine import Quarantine
-from eventbus.running.savepoints import SAVEPOINT_SQL, Pipeline, pipelined
+from eventbus.running.savepoints import SAVEPOINT_SQL, Pipeline, pipelined, triggered_tables
 from eventbus.running.timeouts import Deadline, loop_limit, time_limit
 
 from_row = Event.from_row
@@ -160,7 +160,6 @@ class Executor:
         self._fits = 2**31  # events the last claim transaction could handle (see _claim_size)
         self.on_full_claim: Callable[[], None] = lambda: None
         self._pipeline: Pipeline | None = None  # the claim transaction's savepoints
-        self._triggered: frozenset[str] | None = None  # tables with triggers (causation)
         self.quarantine: Quarantine | None = None  # handler slots: suspects run alone
         self._announced = False  # the last claim transaction told followers (see _mark)
         # Optional integrations: None when off, checked once per batch, never per event.
@@ -253,7 +252,7 @@ class Executor:
                     handling.close()
                     handling.enter_context(self.quarantine.exclusive(self.liveness.beat))
                     unfinished = self.ledger.started(starts)
-                with pipelined(connection, self._triggered_tables()) as self._pipeline:
+                with pipelined(connection, triggered_tables(connection)) as self._pipeline:
                     try:
                         if unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
                             # The start just recorded stays: if the on_dead hook kills the
@@ -642,16 +641,6 @@ class Executor:
 
         with connections[self.alias].execute_wrapper(check):
             yield
-
-    def _triggered_tables(self) -> frozenset[str]:
-        """Tables with triggers, read once: writes elsewhere need no cause set first.
-        The event table is always one (``publish`` writes it)."""
-        if self._triggered is None:
-            with connections[self.alias].cursor() as cursor:
-                cursor.execute(sql.TRIGGERED_TABLES)
-                found = {row[0] for row in cursor.fetchall()}
-            self._triggered = frozenset(found | {"eventbus_event"})
-        return self._triggered
 
     def _cause(self, events: list[Event]) -> None:
         """What the handler about to run writes was caused by its event; a batch

@@ -47,6 +47,8 @@ from typing import Any
 import psycopg
 from django.db import DatabaseError
 
+from eventbus import sql
+
 SAVEPOINT_SQL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
 _names = itertools.count(1)
 _UNKNOWN = (-1, -1)  # what the server holds after a rollback: send the cause again
@@ -208,6 +210,23 @@ def may_make_events(statement: Any, triggered: Collection[str] | None) -> bool:
     name = target.group(1)
     table = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
     return table in triggered
+
+
+_triggered: dict[str, frozenset[str]] = {}  # per database alias
+
+
+def triggered_tables(connection: Any) -> frozenset[str]:
+    """Tables with triggers of any kind (a channel's, or one that may write to such a
+    table), and the event table (``publish`` writes it): where a write may make an
+    event. Read once per process and database; a migration that adds a trigger is
+    deployed with a restart of the listeners."""
+    found = _triggered.get(connection.alias)
+    if found is None:
+        with connection.wrap_database_errors, connection.connection.cursor() as cursor:
+            cursor.execute(sql.TRIGGERED_TABLES)
+            names = {row[0] for row in cursor.fetchall()}
+        found = _triggered[connection.alias] = frozenset(names | {"eventbus_event"})
+    return found
 
 
 def _rides_along(statement: Any, many: bool, ctx: Any) -> bool:
