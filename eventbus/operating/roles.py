@@ -15,13 +15,27 @@ from collections.abc import Sequence
 from django.apps import apps
 from psycopg import sql
 
-from eventbus.models import EventRecord, InflightRecord, TaskResultRecord, WorkerRecord
+from eventbus.models import (
+    EventRecord,
+    InflightRecord,
+    PauseRecord,
+    RollupRecord,
+    TaskResultRecord,
+    WorkerRecord,
+)
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 READ = ("SELECT",)
 UPDATE = ("SELECT", "UPDATE")
 WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
-ENGINE_MODELS = (EventRecord, WorkerRecord, InflightRecord, TaskResultRecord)
+ENGINE_MODELS = (
+    EventRecord,
+    WorkerRecord,
+    InflightRecord,
+    TaskResultRecord,
+    RollupRecord,
+    PauseRecord,
+)
 
 
 def tables(labels: Sequence[str]) -> list[str]:
@@ -77,7 +91,10 @@ def listener_role(
             "END $$;"
         ).format(name=sql.Literal(role), role=r),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {};").format(sql.Identifier(schema), r),
-        sql.SQL("-- claim, mark, publish and purge events; heartbeats; tasks' return values"),
+        sql.SQL(
+            "-- claim, mark, publish and purge events; heartbeats; tasks' return values; "
+            "the dashboard's rollup; pauses"
+        ),
         grant(WRITE, [m._meta.db_table for m in ENGINE_MODELS]),
     ]
     for comment, privileges, labels in (
