@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from eventbus.integrations import dashboard  # noqa: F401 (registers Event bus → Dashboard)
 from eventbus.models import EventRecord, TaskResultRecord, WorkerRecord
 from eventbus.operating import maintenance
 from eventbus.sql import Scope
