@@ -20,7 +20,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.http import urlencode
 
 from eventbus import conf
@@ -67,6 +67,7 @@ class DashboardAdmin(admin.ModelAdmin):
             "queue": queue,
             "refresh": _refresh(request.GET.get("refresh")),
             "can_steer": self.has_change_permission(request),
+            "events_url": self._events_url(),
             "charts": [
                 charts.bars("Handled per minute, last hour", hour.handled, hour.start, hour.step),
                 charts.line("Backlog, last hour", hour.backlog, hour.start, hour.step),
@@ -98,6 +99,13 @@ class DashboardAdmin(admin.ModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "eventbus/dashboard.html", context)
+
+    def _events_url(self) -> str | None:
+        """The event list, to link failed and dead counts to, if the site has one."""
+        try:
+            return reverse(f"{self.admin_site.name}:eventbus_eventrecord_changelist")
+        except NoReverseMatch:
+            return None
 
     def pause_view(self, request: HttpRequest) -> HttpResponse:
         return self._steer(request, pause=True)
