@@ -3,9 +3,12 @@
 N bench_noop events (trivial handler) are written in batches while the listener runs;
 the rate is events per second from the first write to the last event done. The ceiling
 is the same claim-and-mark loop in plain psycopg (no Django, no handler) with P processes
-and the same batch size, measured in the same run.
+and the same batch size, measured in the same run. The dashboard's rollup (written in each
+batch's mark statement) is measured by running `isolation="batch"` again with it off
+(`EVENTBUS_ROLLUP=0`), alternating the two `--rounds` times, best of each.
 
     ./run bench throughput [--events 100000] [--processes 1 2 4] [--batch-size 500] [--full]
+                           [--rounds 1]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ CEILING_CLAIM = (
     "SELECT id FROM eventbus_event WHERE state IN ('pending', 'failed') "
     "AND run_after <= statement_timestamp() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
 )
+NO_ROLLUP = {"EVENTBUS_ROLLUP": "0"}  # the dashboard's per-minute rollup off
 PIN_PLAN = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off"
 CEILING_MARK = (
     "UPDATE eventbus_event SET state = 'done', attempts = attempts + 1, "
@@ -68,10 +72,19 @@ def ceiling(url: str, events: int, processes: int, batch: int) -> float:
     return events / (time.perf_counter() - started)
 
 
-def eventbus(url: str, events: int, processes: int, batch: int, channel: str) -> float:
+def eventbus(
+    url: str,
+    events: int,
+    processes: int,
+    batch: int,
+    channel: str,
+    env: dict[str, str] | None = None,
+) -> float:
     """From the first write to the last event handled, with `listen` running."""
     _reset(url)
-    listener = common.Listener(url, "--processes", str(processes), "--batch-size", str(batch))
+    listener = common.Listener(
+        url, "--processes", str(processes), "--batch-size", str(batch), env=env
+    )
     try:
         listener.wait_ready(processes, url)
         started = time.perf_counter()
@@ -86,7 +99,7 @@ def _reset(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE eventbus_event")
+        conn.execute("TRUNCATE eventbus_event, eventbus_rollup")
         conn.execute("VACUUM ANALYZE eventbus_event")
 
 
@@ -96,13 +109,22 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--full", action="store_true", help="1,000,000 events per run")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs with the rollup on and off, alternated"
+    )
     args = parser.parse_args()
     events = args.events or (1_000_000 if args.full else 100_000)
     url = common.setup()
     rows = []
     for p in args.processes:
         roof = ceiling(url, events, p, args.batch_size)
-        shared = eventbus(url, events, p, args.batch_size, "bench_noop")
+        shared, unrolled = 0.0, 0.0
+        for _ in range(max(args.rounds, 1)):  # on, off, on, off: drift falls on both
+            shared = max(shared, eventbus(url, events, p, args.batch_size, "bench_noop"))
+            unrolled = max(
+                unrolled,
+                eventbus(url, events, p, args.batch_size, "bench_noop", env=NO_ROLLUP),
+            )
         # The default isolation: each handler call in its own savepoint, opened at its
         # first query (a trivial handler sends none).
         isolated = eventbus(url, events, p, args.batch_size, "bench_noop_isolated")
@@ -116,6 +138,8 @@ def main() -> None:
                 "fraction": round(shared / roof, 2),
                 "per_event_savepoints_per_s": round(isolated),
                 "per_event_fraction": round(isolated / roof, 2),
+                "no_rollup_per_s": round(unrolled),
+                "rollup_cost": round(1 - shared / unrolled, 3),
             }
         )
     common.report(
@@ -129,6 +153,8 @@ def main() -> None:
             "fraction",
             "per_event_savepoints_per_s",
             "per_event_fraction",
+            "no_rollup_per_s",
+            "rollup_cost",
         ],
         rows,
     )

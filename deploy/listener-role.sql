@@ -8,8 +8,8 @@ DO $$ BEGIN
   EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'eventbus_listener');
 END $$;
 GRANT USAGE ON SCHEMA "public" TO "eventbus_listener";
--- claim, mark, publish and purge events; heartbeats; tasks' return values; the limit of alerts on death
-GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."eventbus_event", "public"."eventbus_worker", "public"."eventbus_inflight", "public"."eventbus_task_result", "public"."eventbus_dead_alert" TO "eventbus_listener";
+-- claim, mark, publish and purge events; heartbeats; tasks' return values; the limit of alerts on death; the dashboard's rollup; pauses
+GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "public"."eventbus_event", "public"."eventbus_worker", "public"."eventbus_inflight", "public"."eventbus_task_result", "public"."eventbus_dead_alert", "public"."eventbus_rollup", "public"."eventbus_pause" TO "eventbus_listener";
 -- what the handlers read
 GRANT SELECT ON TABLE "public"."auth_user", "public"."blog_comment" TO "eventbus_listener";
 -- what the handlers update

@@ -33,6 +33,8 @@ _ENVIRONMENT: dict[str, Any] = {
     "DEAD_ALERT": str,
     "DEAD_ALERT_INTERVAL": float,
     "ADMIN_BASE_URL": str,
+    "ROLLUP": lambda v: v.strip().lower() not in ("0", "false", "no", "off"),
+    "ROLLUP_RETENTION": float,
     "LISTENER_MODULES": lambda v: tuple(
         m for m in v.split(",") if m
     ),  # EVENTBUS_RETRY='{"max_attempts": 5, "base_delay": 2}'
@@ -56,6 +58,10 @@ class Settings:
     LISTEN_DATABASE_URL: str | None = None  # a direct URL for LISTEN when claims go via a pool
     DONE_RETENTION: float | None = 3 * 86400  # seconds done events are kept; None: forever
     PURGE_INTERVAL: float = 60.0  # seconds between the listener's background purges
+    # The dashboard's per-minute rollup (eventbus.operating.rollup): written with each
+    # batch's marks unless off; purged with the done events after ROLLUP_RETENTION seconds.
+    ROLLUP: bool = True
+    ROLLUP_RETENTION: float = 7 * 86400
     # Fault containment (see README, "What happens when..."):
     HANG_GRACE: float = 30.0  # seconds of silence beyond a handler's timeout before a kill
     CRASH_LIMIT: int = 3  # worker deaths on one event before it is made dead

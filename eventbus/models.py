@@ -206,3 +206,64 @@ class TaskResultRecord(models.Model):
 
     def __str__(self) -> str:
         return f"result of task {self.event_id} ({self.task_path})"
+
+
+class RollupRecord(models.Model):
+    """What the workers did in one minute on one queue: the dashboard's history.
+
+    Each claim transaction adds its batch's outcomes to its minute's rows in the same
+    statement that marks the batch (``eventbus.operating.rollup``), so the counts commit
+    exactly with the events' new states and stay when done events are purged. Kept for
+    ``ROLLUP_RETENTION``. ``backlog`` is a sample of the queue's runnable events taken
+    once a minute by one of the listeners (NULL for a minute nobody sampled).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    minute = models.DateTimeField()
+    queue = models.CharField(max_length=64)  # a channel, or channel:subscription
+    handled = models.IntegerField(default=0)  # attempts that ended done
+    failed = models.IntegerField(default=0)  # attempts that failed and run again
+    died = models.IntegerField(default=0)  # attempts that ended dead
+    seconds = models.FloatField(default=0.0)  # handler time of all those attempts
+    # Attempts per duration bucket (eventbus.operating.rollup.BUCKET_BOUNDS): p50 and p95
+    # of any set of rows come from their summed buckets.
+    histogram = ArrayField(models.IntegerField(), default=list, blank=True)
+    backlog = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = "eventbus_rollup"
+        verbose_name = "rollup minute"
+        constraints = [
+            # The upsert's conflict target; its index also serves "the last hour".
+            models.UniqueConstraint(fields=["minute", "queue"], name="eventbus_rollup_minute_queue")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.queue} at {self.minute:%Y-%m-%d %H:%M}"
+
+
+class Dashboard(RollupRecord):
+    """The admin's "Event bus → Dashboard" entry (eventbus.integrations.dashboard): a
+    proxy, so a reusable app can put a page on the admin index without a custom site.
+    Its view permission shows the page; its change permission allows pause and resume."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dashboard"
+        verbose_name_plural = "dashboard"
+
+
+class PauseRecord(models.Model):
+    """A paused channel or subscription (``events pause``): listeners claim none of its
+    events until it is resumed. A row, so a pause survives listener restarts."""
+
+    name = models.CharField(max_length=64, primary_key=True)  # a channel or channel:subscription
+    paused_at = models.DateTimeField()
+    paused_by = models.CharField(max_length=150)
+
+    class Meta:
+        db_table = "eventbus_pause"
+        verbose_name = "paused channel"
+
+    def __str__(self) -> str:
+        return f"{self.name} (paused)"

@@ -418,6 +418,61 @@ MARK_ERRORS = sql.SQL(
 ERROR_ENTRY_CHARS = 2000
 
 
+# --- The dashboard's rollup (eventbus.operating.rollup) ------------------------------------
+
+ROLLUP = sql.Identifier("eventbus_rollup")
+
+
+@dataclass(frozen=True)
+class RollupRows:
+    """A batch's outcomes per queue (sorted, each queue once), for the rollup that rides
+    in the statement marking the batch: no round trip of its own. Rows are locked in
+    queue order, so two workers adding to the same minutes cannot deadlock."""
+
+    queues: list[str]
+    handled: list[int]
+    failed: list[int]
+    died: list[int]
+    seconds: list[float]
+    histograms: list[str]  # each an int_array literal of bucket counts
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "r_queues": self.queues,
+            "r_handled": self.handled,
+            "r_failed": self.failed,
+            "r_died": self.died,
+            "r_seconds": self.seconds,
+            "r_histograms": self.histograms,
+        }
+
+
+# Add a batch to its minute's rows: counts and seconds add up, histograms add bucket by
+# bucket (a longer one, from a later release with more buckets, keeps its tail).
+_ROLLUP_CTE = sql.SQL(
+    "rollup AS (INSERT INTO {rollup} AS r "
+    "(minute, queue, handled, failed, died, seconds, histogram) "
+    "SELECT date_trunc('minute', statement_timestamp()), t.queue, t.handled, t.failed, "
+    "t.died, t.seconds, t.histogram::int[] FROM unnest(%(r_queues)s::text[], "
+    "%(r_handled)s::int[], %(r_failed)s::int[], %(r_died)s::int[], %(r_seconds)s::float8[], "
+    "%(r_histograms)s::text[]) AS t(queue, handled, failed, died, seconds, histogram) "
+    "ORDER BY t.queue "
+    "ON CONFLICT (minute, queue) DO UPDATE SET handled = r.handled + EXCLUDED.handled, "
+    "failed = r.failed + EXCLUDED.failed, died = r.died + EXCLUDED.died, "
+    "seconds = r.seconds + EXCLUDED.seconds, histogram = (SELECT coalesce(array_agg("
+    "coalesce(h.a, 0) + coalesce(h.b, 0) ORDER BY h.n), '{{}}') FROM unnest(r.histogram, "
+    "EXCLUDED.histogram) WITH ORDINALITY AS h(a, b, n)))"
+).format(rollup=ROLLUP)
+
+MARK_DONE_ROLLUP = sql.SQL(
+    "WITH {rollup} UPDATE {table} SET state = {done}, attempts = attempts + 1, "
+    "first_claimed_at = coalesce(first_claimed_at, now()), finished_at = clock_timestamp(), "
+    "worker = %(worker)s WHERE id = ANY(%(ids)s)"
+).format(rollup=_ROLLUP_CTE, table=TABLE, done=sql.Literal(DONE))
+
+MARK_ERRORS_ROLLUP = sql.SQL("WITH {rollup} {mark}").format(rollup=_ROLLUP_CTE, mark=MARK_ERRORS)
+
+
 @dataclass(frozen=True)
 class ErrorMark:
     event_id: int
@@ -427,13 +482,22 @@ class ErrorMark:
     transient: bool = False
 
 
-def mark_done(worker: str, ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
-    return MARK_DONE, [worker, list(ids)]
+def mark_done(
+    worker: str, ids: Sequence[int], rollup: RollupRows | None = None
+) -> tuple[sql.Composed, Any]:
+    """Make the events done; with `rollup`, add the batch to the dashboard's rollup in the
+    same statement (see `RollupRows`)."""
+    if rollup is None:
+        return MARK_DONE, [worker, list(ids)]
+    return MARK_DONE_ROLLUP, {"worker": worker, "ids": list(ids), **rollup.params()}
 
 
-def mark_errors(worker: str, marks: Sequence[ErrorMark]) -> tuple[sql.Composed, dict[str, Any]]:
-    """Record each failed attempt: new state, when to run again, and the error history."""
-    return MARK_ERRORS, {
+def mark_errors(
+    worker: str, marks: Sequence[ErrorMark], rollup: RollupRows | None = None
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """Record each failed attempt: new state, when to run again, and the error history;
+    with `rollup`, add the batch to the dashboard's rollup in the same statement."""
+    params = {
         "worker": worker,
         "entry_chars": ERROR_ENTRY_CHARS,
         "ids": [m.event_id for m in marks],
@@ -442,6 +506,9 @@ def mark_errors(worker: str, marks: Sequence[ErrorMark]) -> tuple[sql.Composed, 
         "errors": [m.error for m in marks],
         "transient": [m.transient for m in marks],
     }
+    if rollup is None:
+        return MARK_ERRORS, params
+    return MARK_ERRORS_ROLLUP, {**params, **rollup.params()}
 
 
 # --- Operators: re-queue, purge, status ------------------------------------------------
@@ -777,3 +844,92 @@ def drop_column_default(table: str, column: str) -> str:
         .format(sql.Identifier(table), sql.Identifier(column))
         .as_string()
     )
+
+
+# --- The dashboard: backlog samples, history, live counts (eventbus.operating.rollup) -----
+
+# Once a minute, whichever listener comes first records each queue's runnable events in
+# that minute's rows (0 for the queues it handles that have none). The others find the
+# minute sampled and count nothing: the guard is a one-time filter ahead of the count.
+ROLLUP_SAMPLE = sql.SQL(
+    "WITH m AS (SELECT date_trunc('minute', statement_timestamp()) AS minute), "
+    "fresh AS (SELECT m.minute FROM m WHERE NOT EXISTS (SELECT FROM {rollup} AS r "
+    "WHERE r.minute = m.minute AND r.backlog IS NOT NULL)), "
+    "counts AS (SELECT e.channel AS queue, count(*) AS n FROM {table} AS e "
+    "WHERE {runnable} AND EXISTS (SELECT FROM fresh) GROUP BY e.channel), "
+    "queues AS (SELECT queue FROM counts UNION SELECT unnest(%(queues)s::text[])) "
+    "INSERT INTO {rollup} AS r "
+    "(minute, queue, handled, failed, died, seconds, histogram, backlog) "
+    "SELECT f.minute, q.queue, 0, 0, 0, 0, '{{}}', coalesce(c.n, 0) FROM fresh AS f "
+    "CROSS JOIN queues AS q LEFT JOIN counts AS c ON c.queue = q.queue ORDER BY q.queue "
+    "ON CONFLICT (minute, queue) DO UPDATE SET backlog = EXCLUDED.backlog"
+).format(rollup=ROLLUP, table=TABLE, runnable=_in("e.state", RUNNABLE))
+
+ROLLUP_PURGE = sql.SQL(
+    "DELETE FROM {rollup} WHERE minute < statement_timestamp() - make_interval(secs => %s)"
+).format(rollup=ROLLUP)
+
+ROLLUP_NOW = "SELECT date_trunc('minute', statement_timestamp())"
+
+# Per queue with rows in the last day: what it did in the last hour, and in the last few
+# minutes (the rate).
+ROLLUP_TOTALS = sql.SQL(
+    "SELECT queue, coalesce(sum(handled) FILTER (WHERE minute >= %(hour)s), 0), "
+    "coalesce(sum(failed) FILTER (WHERE minute >= %(hour)s), 0), "
+    "coalesce(sum(died) FILTER (WHERE minute >= %(hour)s), 0), "
+    "coalesce(sum(handled) FILTER (WHERE minute >= %(recent)s), 0) "
+    "FROM {rollup} WHERE minute >= %(day)s GROUP BY queue"
+).format(rollup=ROLLUP)
+
+# Handler durations since a minute: attempts per (queue, bucket), buckets counted from 1.
+ROLLUP_HISTOGRAMS = sql.SQL(
+    "SELECT r.queue, h.n, sum(h.c) FROM {rollup} AS r "
+    "CROSS JOIN LATERAL unnest(r.histogram) WITH ORDINALITY AS h(c, n) "
+    "WHERE r.minute >= %(since)s GROUP BY r.queue, h.n"
+).format(rollup=ROLLUP)
+
+# One row per minute since a minute, over the queues given (NULL: all): handled, failed
+# or dead attempts, and the backlog sampled then (NULL: no sample that minute).
+ROLLUP_SERIES = sql.SQL(
+    "SELECT minute, sum(handled), sum(failed + died), sum(backlog) FROM {rollup} "
+    "WHERE minute >= %(since)s AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s)) "
+    "GROUP BY minute ORDER BY minute"
+).format(rollup=ROLLUP)
+
+# Live, per queue: runnable, failed and dead events, and how long the oldest due one has
+# waited (as BACKLOG). Each half is served by its partial index.
+DASHBOARD_LIVE = sql.SQL(
+    "SELECT e.channel, count(*), count(*) FILTER (WHERE e.state = {failed}), 0, "
+    "coalesce(extract(epoch FROM now() - min(e.run_after) FILTER "
+    "(WHERE e.run_after <= now())), 0) FROM {table} AS e WHERE {runnable} GROUP BY e.channel "
+    "UNION ALL SELECT e.channel, 0, 0, count(*), 0 FROM {table} AS e "
+    "WHERE e.state = {dead} GROUP BY e.channel"
+).format(
+    table=TABLE,
+    runnable=_in("e.state", RUNNABLE),
+    failed=sql.Literal(FAILED),
+    dead=sql.Literal(DEAD),
+)
+
+
+# --- Paused channels and subscriptions (eventbus.operating.pauses) -------------------------
+
+PAUSES = sql.Identifier("eventbus_pause")
+PAUSES_CHANGED = "eventbus_pauses"  # the NOTIFY channel listeners re-read the pauses on
+
+PAUSE = sql.SQL(
+    "INSERT INTO {pauses} (name, paused_at, paused_by) VALUES (%s, now(), %s) "
+    "ON CONFLICT (name) DO NOTHING RETURNING name"
+).format(pauses=PAUSES)
+
+# A channel's resume resumes its subscriptions paused on their own too.
+RESUME = sql.SQL(
+    "DELETE FROM {pauses} WHERE name = %(name)s OR split_part(name, ':', 1) = %(name)s "
+    "RETURNING name"
+).format(pauses=PAUSES)
+
+PAUSED = sql.SQL("SELECT name, paused_at, paused_by FROM {pauses} ORDER BY name").format(
+    pauses=PAUSES
+)
+
+NOTIFY_PAUSES_CHANGED = sql.SQL("SELECT pg_notify({}, '')").format(sql.Literal(PAUSES_CHANGED))

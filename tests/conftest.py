@@ -20,6 +20,14 @@ def _close_crash_ledgers() -> Iterator[None]:
     ledger.close_all()
 
 
+@pytest.fixture(autouse=True)
+def _close_smtp_connections() -> Iterator[None]:
+    """The reference site keeps one SMTP connection per thread (blog/mail.py): close it, so
+    a test that points email elsewhere never sends through an earlier test's server."""
+    yield
+    mail.close()
+
+
 @pytest.fixture
 def smtp() -> Iterator[SMTPServer]:
     server = SMTPServer().start()

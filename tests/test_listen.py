@@ -264,7 +264,8 @@ def test_a_listener_started_before_migrations_says_to_migrate() -> None:
             )
     assert result.returncode == 1
     assert (
-        f"database '{name}' lacks the tables eventbus_event, eventbus_worker, eventbus_inflight: "
+        f"database '{name}' lacks the tables eventbus_event, eventbus_worker, eventbus_inflight, "
+        "eventbus_rollup, eventbus_pause: "
         "run ./manage.py migrate before starting listeners"
     ) in result.stderr
 

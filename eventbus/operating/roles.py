@@ -19,6 +19,8 @@ from eventbus.models import (
     DeadAlertRecord,
     EventRecord,
     InflightRecord,
+    PauseRecord,
+    RollupRecord,
     TaskResultRecord,
     WorkerRecord,
 )
@@ -27,7 +29,15 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 READ = ("SELECT",)
 UPDATE = ("SELECT", "UPDATE")
 WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
-ENGINE_MODELS = (EventRecord, WorkerRecord, InflightRecord, TaskResultRecord, DeadAlertRecord)
+ENGINE_MODELS = (
+    EventRecord,
+    WorkerRecord,
+    InflightRecord,
+    TaskResultRecord,
+    DeadAlertRecord,
+    RollupRecord,
+    PauseRecord,
+)
 
 
 def tables(labels: Sequence[str]) -> list[str]:
@@ -85,7 +95,7 @@ def listener_role(
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {};").format(sql.Identifier(schema), r),
         sql.SQL(
             "-- claim, mark, publish and purge events; heartbeats; tasks' return values; "
-            "the limit of alerts on death"
+            "the limit of alerts on death; the dashboard's rollup; pauses"
         ),
         grant(WRITE, [m._meta.db_table for m in ENGINE_MODELS]),
     ]

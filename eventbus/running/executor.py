@@ -48,7 +48,7 @@ from eventbus.declaring.retry import after_attempt
 from eventbus.errors import HandlerTimeout
 from eventbus.event import DEAD, DONE, FAILED, Event, decode_payload
 from eventbus.integrations import alerts, routing, tracing
-from eventbus.operating import metrics
+from eventbus.operating import metrics, rollup
 from eventbus.running import faults, followers
 from eventbus.running.errortext import describe, first_line
 from eventbus.running.ledger import CrashLedger, LedgerUnavailable, SideConnection
@@ -315,12 +315,13 @@ class Executor:
             if not rows:
                 return []  # another worker holds it, or it is no longer runnable
             event = Event.from_row(rows[0])
-            cursor.execute(
-                *sql.mark_errors(self.worker_name, [sql.ErrorMark(event.id, DEAD, 0, reason)])
-            )
+            outcome = Outcome(event.id, event.queue, event.attempt, DEAD, reason, 0.0)
+            mark = sql.ErrorMark(event.id, DEAD, 0, reason)
+            counted = rollup.rows([outcome]) if self.settings.ROLLUP else None
+            cursor.execute(*sql.mark_errors(self.worker_name, [mark], counted))
             if followers.watched:
                 cursor.execute(sql.NOTIFY_CHANGES)
-        return [Outcome(event.id, event.queue, event.attempt, DEAD, reason, 0.0)]
+        return [outcome]
 
     def _crashed(self, event: Event, deaths: int) -> Outcome:
         limit = self.settings.CRASH_LIMIT
@@ -712,11 +713,14 @@ class Executor:
             for o in outcomes
             if o.status != DONE
         ]
+        # The dashboard's rollup rides in the first mark statement: no round trip of its own.
+        rollup_rows = rollup.rows(outcomes) if self.settings.ROLLUP else None
         with connections[self.alias].cursor() as cursor:
             if done:
-                cursor.execute(*sql.mark_done(self.worker_name, done))
+                cursor.execute(*sql.mark_done(self.worker_name, done, rollup_rows))
+                rollup_rows = None
             if errors:
-                cursor.execute(*sql.mark_errors(self.worker_name, errors))
+                cursor.execute(*sql.mark_errors(self.worker_name, errors, rollup_rows))
             # Only while someone follows: a notifying commit takes a cluster-wide lock
             # (see eventbus.running.followers). Delivered at this transaction's commit.
             self._announced = followers.watched

@@ -13,7 +13,7 @@ import os
 import select
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -23,7 +23,7 @@ from django.db import connections
 from eventbus import sql
 from eventbus.declaring import registry, wiring
 from eventbus.declaring.channel import notify_channel
-from eventbus.operating import backfill, maintenance, metrics
+from eventbus.operating import backfill, maintenance, metrics, pauses, rollup
 from eventbus.running import followers
 from eventbus.running.connections import add_keepalives
 from eventbus.running.executor import Executor
@@ -82,9 +82,12 @@ class Worker:
             self.name, options.alias, should_stop=lambda: self._stopping, liveness=self.liveness
         )
         self.channels = wiring.handled_channels(options.channels)  # only what it can run
-        self.scope = Scope(
+        self.base_scope = Scope(
             channels=self.channels, ordered_channels=tuple(registry.ordered_channel_names())
         )
+        self.scope = self.base_scope  # less the paused queues (see _refresh_pauses_if_due)
+        self.pauses = pauses.PausedSet(options.poll_interval)
+        self._sampled_minute = 0  # the last minute this worker sampled the backlog in
         self.slots = (
             Slots(
                 options.concurrency,
@@ -114,6 +117,7 @@ class Worker:
         return [notify_channel(name) for name in self.channels] + [
             self.ping_channel,
             followers.HELLO,
+            pauses.NOTIFY_CHANNEL,
         ]
 
     @property
@@ -142,6 +146,7 @@ class Worker:
                     delay = 0.5
                     health = Health(self.options.health_interval)
                     self._name_claim_connection()
+                    self.pauses.invalidate()  # a pause may have come while disconnected
                     self._fan_out()
                     self._drain_or_wake()
                     next_poll = time.monotonic() + self.options.poll_interval
@@ -160,6 +165,9 @@ class Worker:
                             health.answered()
                         if followers.HELLO in woken:
                             self._followed(True)
+                        if pauses.NOTIFY_CHANNEL in woken:
+                            self.pauses.invalidate()
+                        self._refresh_pauses_if_due()
                         health.check()  # raises ListenConnectionSilent
                         self._stop_if_orphaned()
                         if woken or time.monotonic() >= next_poll:
@@ -205,6 +213,8 @@ class Worker:
         log.info("worker %s stopped", self.name)
 
     def _drain_or_wake(self) -> None:
+        self._refresh_pauses_if_due()
+        self._sample_if_due()
         if self.slots is not None:
             self._heartbeat_if_due()
             self.slots.wake()
@@ -224,6 +234,8 @@ class Worker:
             self.liveness.beat()
             self._heartbeat_if_due()  # a long drain must not look like a dead worker
             self._look_for_followers()
+            self._refresh_pauses_if_due()  # a pause holds within a poll interval, even now
+            self._sample_if_due()  # a backlog being drained is the one worth charting
             outcomes = self.executor.run_batch(self.scope, self.options.batch_size)
             if not outcomes:  # not "fewer than a batch": ordered keys release one at a time
                 break
@@ -241,6 +253,7 @@ class Worker:
             return
         self._next_purge = time.monotonic() + self.options.purge_interval
         self._fan_out()
+        rollup.purge_expired(self.executor.settings.ROLLUP_RETENTION, self.options.alias)
         if self.options.done_retention is None:
             return
         purged = maintenance.purge_expired(self.options.done_retention, self.options.alias)
@@ -251,6 +264,33 @@ class Worker:
                 purged,
                 self.options.done_retention,
             )
+
+    def _refresh_pauses_if_due(self) -> None:
+        """Leave paused channels and subscriptions out of the claims: read again on a
+        NOTIFY, on a new connection, and at least once per poll interval."""
+        if not self.pauses.due():
+            return
+        with connections[self.options.alias].cursor() as cursor:
+            if not self.pauses.refresh(cursor):
+                return
+        claimed = pauses.without_paused(self.channels, self.pauses.names)
+        self.scope = replace(self.base_scope, channels=claimed)
+        if self.slots is not None:
+            self.slots.scope = self.scope  # each slot takes it up at its next claim
+        held = [q for q in self.channels if q not in claimed]
+        if held:
+            log.info("worker %s: not claiming paused %s", self.name, ", ".join(held))
+        else:
+            log.info("worker %s: no channel paused; claiming all it handles", self.name)
+
+    def _sample_if_due(self) -> None:
+        """Once a minute, the backlog per queue for the dashboard's chart (one listener's
+        sample counts; the others' find the minute taken and count nothing)."""
+        minute = int(time.time() // 60)
+        if minute == self._sampled_minute or not self.executor.settings.ROLLUP:
+            return
+        self._sampled_minute = minute
+        rollup.sample(self.channels, self.options.alias)
 
     def _name_claim_connection(self) -> None:
         """Show workers as such in pg_stat_activity (the listen connection has its own name)."""

@@ -1,8 +1,11 @@
-"""./manage.py events: list and filter events; re-queue failed or dead ones; purge them."""
+"""./manage.py events: list and filter events; re-queue failed or dead ones; purge them;
+pause and resume a channel."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
@@ -14,7 +17,7 @@ from eventbus.event import DEAD, DONE, RUNNABLE, STATES
 from eventbus.management.commands import _options
 from eventbus.management.commands._base import EventbusCommand
 from eventbus.models import EventRecord
-from eventbus.operating import follow, maintenance, status
+from eventbus.operating import follow, maintenance, pauses, status
 from eventbus.sql import Scope
 
 COLUMNS = (
@@ -128,6 +131,16 @@ class Command(EventbusCommand):
             help="exit once nothing followed is pending or failed (1 if any is dead)",
         )
         followed.add_argument("--json", action="store_true", help="JSON lines, one per change")
+        pause = actions.add_parser(
+            "pause",
+            help="stop listeners claiming a channel or subscription: its events wait "
+            "(without NAME: list what is paused)",
+        )
+        pause.add_argument("name", nargs="?", metavar="NAME", help="channel[:subscription]")
+        resume = actions.add_parser(
+            "resume", help="let listeners claim a paused channel again; they drain what waited"
+        )
+        resume.add_argument("name", metavar="NAME", help="channel[:subscription]")
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options.get("action")
@@ -139,6 +152,10 @@ class Command(EventbusCommand):
             self.purge(options)
         elif action == "follow":
             self.follow(options)
+        elif action == "pause":
+            self.pause(options)
+        elif action == "resume":
+            self.resume(options)
         else:
             self.list(options)
 
@@ -270,6 +287,36 @@ class Command(EventbusCommand):
                 "were written during the purge; run it again to delete what is left"
             )
 
+    def pause(self, options: dict[str, Any]) -> None:
+        alias = conf.get().DATABASE_ALIAS
+        name = options["name"]
+        if name is None:
+            for held in pauses.paused(alias):
+                self.stdout.write(
+                    f"{held.name}  paused {held.paused_at:%Y-%m-%d %H:%M:%S} by {held.paused_by}"
+                )
+            return
+        try:
+            added = pauses.pause(name, _operator(), alias)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if added:
+            self.stdout.write(f"paused {name}: listeners claim none of its events until resumed")
+        else:
+            self.stdout.write(f"{name} was paused already")
+
+    def resume(self, options: dict[str, Any]) -> None:
+        alias = conf.get().DATABASE_ALIAS
+        name = options["name"]
+        resumed = pauses.resume(name, _operator(), alias)
+        if resumed:
+            self.stdout.write(f"resumed {', '.join(resumed)}: listeners drain what waited")
+            return
+        holder = pauses.paused_by(name, [p.name for p in pauses.paused(alias)])
+        if holder is not None:
+            raise CommandError(f"{name} is paused through its channel: resume {holder}")
+        self.stdout.write(f"{name} was not paused")
+
     def _counts(self, title: str, counts: dict[tuple[str, str], int]) -> None:
         self.stdout.write(f"{title}:")
         if not counts:
@@ -307,6 +354,15 @@ class Command(EventbusCommand):
         if follower.run():
             dead = sum(1 for row in follower.known.values() if row.state == DEAD)
             raise CommandError(f"finished: {dead} followed event(s) dead")
+
+
+def _operator() -> str:
+    """Who paused or resumed, for the log and `events pause`'s list."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "?"
+    return f"{user}@{socket.gethostname()} (command line)"
 
 
 def _tree_line(event: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from django.db import OperationalError, connections
 from eventbus import conf, sql
 from eventbus.declaring import installed, wiring
 from eventbus.management.commands import _options
-from eventbus.models import EventRecord, InflightRecord, WorkerRecord
+from eventbus.models import EventRecord, InflightRecord, PauseRecord, RollupRecord, WorkerRecord
 from eventbus.operating import databases, logs, metrics, status
 from eventbus.running.supervisor import Supervisor
 from eventbus.running.worker import WorkerOptions
@@ -131,7 +131,8 @@ def _require_migrated(alias: str) -> None:
     """
     try:
         with connections[alias].cursor() as cursor:
-            needed = [m._meta.db_table for m in (EventRecord, WorkerRecord, InflightRecord)]
+            tables = (EventRecord, WorkerRecord, InflightRecord, RollupRecord, PauseRecord)
+            needed = [m._meta.db_table for m in tables]
             cursor.execute(sql.MISSING_TABLES, [needed])
             missing = [row[0] for row in cursor.fetchall()]
     except OperationalError as exc:

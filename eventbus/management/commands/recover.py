@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from dataclasses import replace
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
@@ -14,9 +15,10 @@ from eventbus import conf
 from eventbus.declaring import wiring
 from eventbus.management.commands import _options
 from eventbus.management.commands._base import EventbusCommand
-from eventbus.operating import recovery
+from eventbus.operating import pauses, recovery
 from eventbus.operating.backfill import backfill, fan_out
 from eventbus.operating.progress import Progress
+from eventbus.sql import Scope
 
 PROGRESS_FROM = 500  # events: below this a replay is quick enough without progress
 
@@ -102,11 +104,13 @@ class Command(EventbusCommand):
             keys=tuple(options["key"]) if options["key"] else None,
         )
         left_alone = recovery.without_handler(scope, requested, alias)
+        scope, paused = self._without_paused(scope, alias)
         if options["dry_run"]:
             counts = recovery.plan(scope, alias)
             self._table("would replay", counts)
             self.stdout.write(f"total: {sum(counts.values())} (dry run: nothing changed)")
             self._report_left_alone(left_alone, options["dead"])
+            self._report_paused(paused)
             return
         total = sum(recovery.plan(scope, alias).values())
         progress = Progress(total, sys.stderr) if total >= PROGRESS_FROM else None
@@ -129,8 +133,32 @@ class Command(EventbusCommand):
         self._table("replayed", dict(summary.outcomes))
         self._report(summary)
         self._report_left_alone(left_alone, options["dead"])
-        if summary.unhandled or (requested and left_alone):
+        self._report_paused(paused)
+        if summary.unhandled or (requested and (left_alone or paused)):
             raise SystemExit(1)
+
+    def _without_paused(self, scope: Scope, alias: str) -> tuple[Scope, dict[tuple[str, str], int]]:
+        """A paused queue's events wait for its resume, here too (an operator paused it
+        for a reason: a broken relay, a partner's API down). Returns the scope without
+        paused queues, and what they hold in scope per (queue, pausing name)."""
+        names = {p.name for p in pauses.paused(alias)}
+        held = {q: by for q in scope.channels or () if (by := pauses.paused_by(q, names))}
+        if not held:
+            return scope, {}
+        waiting = recovery.plan(replace(scope, channels=tuple(held)), alias)
+        counts: dict[tuple[str, str], int] = {}
+        for (queue, _state), count in waiting.items():
+            counts[(queue, held[queue])] = counts.get((queue, held[queue]), 0) + count
+        kept = tuple(q for q in scope.channels if q not in held)
+        return replace(scope, channels=kept), counts
+
+    def _report_paused(self, paused: dict[tuple[str, str], int]) -> None:
+        for (queue, by), count in sorted(paused.items()):
+            through = f" (through its channel {by})" if by != queue else ""
+            self.stderr.write(
+                f"channel {queue}: {count} event(s) not replayed: paused{through}. "
+                f"Resume it first: ./manage.py events resume {by}"
+            )
 
     def _backfill(self, options: dict[str, Any], alias: str) -> None:
         """Copy history to each subscription named, before the replay takes it."""
