@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.contrib.auth.models import User
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
@@ -105,12 +105,18 @@ def test_event_page_list_and_workers(operator: Any, live_server: Any, settings: 
     assert all((OUT / name).stat().st_size > 0 for name in pages)
 
 
-def test_dashboard(operator: Any, live_server: Any) -> None:
-    # TODO(issue 14, §1): name the dashboard's URL here once it is merged, and give it a
-    # known workload first (as its browser spec does).
-    try:
-        url = reverse("admin:eventbus_dashboard")
-    except NoReverseMatch:
-        pytest.skip("no dashboard yet (issue 14, §1)")
-    operator.get(live_server.url + url)
+def test_dashboard(operator: Any, live_server: Any, settings: Settings) -> None:
+    """The dashboard after a small workload: posts handled and waiting, a dead comment."""
+    from blog.models import Post
+    from eventbus.testing import run_events
+
+    dead_comment_event(settings)
+    author = User.objects.get(username="ada")
+    for n in range(40):
+        Post.objects.create(title=f"p{n}", body="one two three " * n, author=author)
+    run_events(["post_created", "post_tags_changed"])
+    for n in range(5):
+        Post.objects.create(title=f"q{n}", body="waiting", author=author)
+    url = reverse("admin:eventbus_dashboard_changelist")
+    operator.get(f"{live_server.url}{url}?refresh=0")
     harness.screenshot(operator, OUT / "dashboard.png", width=1440)

@@ -231,9 +231,8 @@ def test_the_workers_page_shows_a_live_listener_and_marks_a_hung_one(
     assert "silent for" in by_css(operator, ".field-seen .readonly").text
 
 
-# TODO(issue 14, §1 and §3): the dashboard's browser specs (its numbers against the event
-# table; pause and resume of a channel) come with the dashboard. They skip until its page
-# is registered under the URL name below (rename it here to the one the dashboard uses).
+# The dashboard (issue 14, §1 and §3): its numbers against the event table; pause and
+# resume of a channel.
 DASHBOARD_URL_NAME = "admin:eventbus_dashboard_changelist"
 
 
@@ -248,3 +247,49 @@ def test_the_dashboard_opens_from_the_admin_index(operator: Any, live_server: An
     url = dashboard_url()
     operator.get(f"{live_server.url}/admin/")
     assert all_css(operator, f"a[href='{url}']"), "the admin index links to the dashboard"
+
+
+def shown_cells(operator: Any, queue: str) -> dict[str, str]:
+    """The dashboard's number cells of a queue's row, as the browser shows them."""
+    row = by_css(operator, f"tr[data-queue='{queue}']")
+    names = ("handled", "backlog", "failed", "dead")
+    return {name: row.find_element("css selector", f"td.{name}").text for name in names}
+
+
+def test_the_dashboards_numbers_are_the_event_tables(
+    operator: Any, live_server: Any, settings: Settings
+) -> None:
+    url = dashboard_url()
+    dead = dead_comment_event(settings)  # 1 dead after 3 attempts
+    author = User.objects.get(username="ada")
+    for n in range(3):  # 3 handled, then 2 left pending
+        Post.objects.create(title=f"p{n}", body="one two", author=author)
+    run_events(["post_created"])
+    for n in range(2):
+        Post.objects.create(title=f"q{n}", body="one two", author=author)
+
+    operator.get(f"{live_server.url}{url}?refresh=0")
+    for channel in ("comment_created", "post_created"):
+        events = EventRecord.objects.filter(channel=channel)
+        expected = {
+            "handled": str(events.filter(state="done").count()),
+            "backlog": str(events.filter(state__in=("pending", "failed")).count()),
+            "failed": str(events.filter(state="failed").count()),
+            "dead": str(events.filter(state="dead").count()),
+        }
+        assert shown_cells(operator, channel) == expected, channel
+    assert shown_cells(operator, "post_created")["backlog"] == "2"
+    assert shown_cells(operator, "comment_created")["dead"] == "1" and dead.state == "dead"
+
+
+def test_pausing_and_resuming_a_channel_from_the_dashboard(operator: Any, live_server: Any) -> None:
+    from eventbus.operating import pauses
+
+    url = dashboard_url()
+    operator.get(f"{live_server.url}{url}?refresh=0")
+    by_css(operator, "tr[data-queue='comment_created'] button.pause").click()
+    wait_until(lambda: all_css(operator, "tr[data-queue='comment_created'] button.resume"), 10)
+    assert [p.name for p in pauses.paused()] == ["comment_created"]
+    by_css(operator, "tr[data-queue='comment_created'] button.resume").click()
+    wait_until(lambda: all_css(operator, "tr[data-queue='comment_created'] button.pause"), 10)
+    assert pauses.paused() == []
