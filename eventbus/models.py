@@ -67,6 +67,8 @@ class EventRecord(models.Model):
     # and the collection it belongs to (its root's id, or the id `eventbus.collection()`
     # reserved); NULL for a root that is its own collection. Their database defaults read
     # the writer's transaction settings, so triggers and `publish` fill them unasked.
+    # Seconds the attempt that made the event done took (a failed attempt's are in errors).
+    duration = models.FloatField(null=True, blank=True)
     caused_by = models.BigIntegerField(null=True, blank=True)
     correlation_id = models.BigIntegerField(null=True, blank=True)
     # The W3C traceparent of the traced request that wrote it (eventbus.integrations.

@@ -394,11 +394,14 @@ def _where(scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
     return sql.SQL(" AND ").join(parts), params
 
 
-MARK_DONE = sql.SQL(
-    "UPDATE {table} SET state = {done}, attempts = attempts + 1, "
-    "first_claimed_at = coalesce(first_claimed_at, now()), finished_at = clock_timestamp(), "
-    "worker = %s WHERE id = ANY(%s)"
-).format(table=TABLE, done=sql.Literal(DONE))
+# Each done event with how long its last attempt took (seconds, in the order of ids).
+_MARK_DONE = (
+    "UPDATE {table} AS e SET state = {done}, attempts = e.attempts + 1, "
+    "first_claimed_at = coalesce(e.first_claimed_at, now()), finished_at = clock_timestamp(), "
+    "worker = %(worker)s, duration = d.seconds "
+    "FROM unnest(%(ids)s::bigint[], %(seconds)s::float8[]) AS d(id, seconds) WHERE e.id = d.id"
+)
+MARK_DONE = sql.SQL(_MARK_DONE).format(table=TABLE, done=sql.Literal(DONE))
 
 MARK_ERRORS = sql.SQL(
     "UPDATE {table} AS e SET state = f.state, attempts = e.attempts + 1, "
@@ -408,10 +411,11 @@ MARK_ERRORS = sql.SQL(
     "worker = %(worker)s, last_error = f.error, "
     "errors = e.errors || jsonb_build_array(jsonb_build_object("
     "'attempt', e.attempts + 1, 'at', clock_timestamp(), 'worker', %(worker)s, "
-    "'error', left(f.error, %(entry_chars)s))), "
+    "'seconds', round(f.seconds::numeric, 4), 'error', left(f.error, %(entry_chars)s))), "
     "transient_errors = e.transient_errors + f.transient::int "
     "FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(delays)s::float8[], "
-    "%(errors)s::text[], %(transient)s::bool[]) AS f(id, state, delay, error, transient) "
+    "%(errors)s::text[], %(transient)s::bool[], %(seconds)s::float8[]) "
+    "AS f(id, state, delay, error, transient, seconds) "
     "WHERE e.id = f.id"
 ).format(table=TABLE)
 
@@ -464,11 +468,9 @@ _ROLLUP_CTE = sql.SQL(
     "EXCLUDED.histogram) WITH ORDINALITY AS h(a, b, n)))"
 ).format(rollup=ROLLUP)
 
-MARK_DONE_ROLLUP = sql.SQL(
-    "WITH {rollup} UPDATE {table} SET state = {done}, attempts = attempts + 1, "
-    "first_claimed_at = coalesce(first_claimed_at, now()), finished_at = clock_timestamp(), "
-    "worker = %(worker)s WHERE id = ANY(%(ids)s)"
-).format(rollup=_ROLLUP_CTE, table=TABLE, done=sql.Literal(DONE))
+MARK_DONE_ROLLUP = sql.SQL("WITH {rollup} " + _MARK_DONE).format(
+    rollup=_ROLLUP_CTE, table=TABLE, done=sql.Literal(DONE)
+)
 
 MARK_ERRORS_ROLLUP = sql.SQL("WITH {rollup} {mark}").format(rollup=_ROLLUP_CTE, mark=MARK_ERRORS)
 
@@ -480,16 +482,26 @@ class ErrorMark:
     delay: float
     error: str
     transient: bool = False
+    seconds: float = 0.0  # how long the attempt took
 
 
 def mark_done(
-    worker: str, ids: Sequence[int], rollup: RollupRows | None = None
+    worker: str,
+    ids: Sequence[int],
+    rollup: RollupRows | None = None,
+    seconds: Sequence[float] | None = None,
 ) -> tuple[sql.Composed, Any]:
-    """Make the events done; with `rollup`, add the batch to the dashboard's rollup in the
-    same statement (see `RollupRows`)."""
+    """Make the events done, each with how long its attempt took (`seconds`, in the
+    order of `ids`); with `rollup`, add the batch to the dashboard's rollup in the same
+    statement (see `RollupRows`)."""
+    params = {
+        "worker": worker,
+        "ids": list(ids),
+        "seconds": [float(s) for s in seconds] if seconds is not None else [None] * len(ids),
+    }
     if rollup is None:
-        return MARK_DONE, [worker, list(ids)]
-    return MARK_DONE_ROLLUP, {"worker": worker, "ids": list(ids), **rollup.params()}
+        return MARK_DONE, params
+    return MARK_DONE_ROLLUP, {**params, **rollup.params()}
 
 
 def mark_errors(
@@ -505,6 +517,7 @@ def mark_errors(
         "delays": [float(m.delay) for m in marks],  # RetryLater(delay=30) is an int
         "errors": [m.error for m in marks],
         "transient": [m.transient for m in marks],
+        "seconds": [float(m.seconds) for m in marks],
     }
     if rollup is None:
         return MARK_ERRORS, params

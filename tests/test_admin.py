@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from datetime import timedelta
 
 import psycopg
@@ -11,7 +13,9 @@ from django.test import Client
 from django.utils import timezone
 
 from blog.models import Post
+from eventbus import Channel, Event
 from eventbus.models import EventRecord, InflightRecord, WorkerRecord
+from eventbus.testing import run_events
 from tests.support import database_url
 
 pytestmark = pytest.mark.django_db
@@ -312,3 +316,24 @@ def test_worker_rows_cannot_be_added_changed_or_deleted(staff: Client) -> None:
     listing = staff.get("/admin/eventbus/workerrecord/").content.decode()
     assert "delete_selected" not in listing
     assert WorkerRecord.objects.get().pid == 77
+
+
+slow_then_fine = Channel("test_admin_slow_then_fine", operations=())
+
+
+@slow_then_fine.on
+def _slow_then_fine(event: Event) -> None:
+    time.sleep(0.05)
+    if event.attempt == 1:
+        raise ConnectionError("the relay hung up")
+
+
+def test_an_event_page_shows_how_long_each_attempt_took(staff: Client) -> None:
+    event_id = slow_then_fine.publish({})
+    run_events([slow_then_fine.name], retries=True)
+    record = EventRecord.objects.get(pk=event_id)
+    assert (record.state, record.attempts) == ("done", 2)
+    assert record.duration >= 0.05 and record.errors[0]["seconds"] >= 0.05
+    page = staff.get(f"/admin/eventbus/eventrecord/{event_id}/change/").content.decode()
+    took = re.findall(r"<td class='eventbus-nowrap'>([\d.]+ ms)</td>", page)
+    assert len(took) == 2 and all(float(t.split()[0]) >= 50 for t in took), took

@@ -707,9 +707,10 @@ class Executor:
             )
 
     def _mark(self, outcomes: list[Outcome]) -> None:
-        done = [o.event_id for o in outcomes if o.status == DONE]
+        finished = [o for o in outcomes if o.status == DONE]
+        done = [o.event_id for o in finished]
         errors = [
-            sql.ErrorMark(o.event_id, o.status, o.retry_in, o.error or "", o.transient)
+            sql.ErrorMark(o.event_id, o.status, o.retry_in, o.error or "", o.transient, o.seconds)
             for o in outcomes
             if o.status != DONE
         ]
@@ -717,7 +718,8 @@ class Executor:
         rollup_rows = rollup.rows(outcomes) if self.settings.ROLLUP else None
         with connections[self.alias].cursor() as cursor:
             if done:
-                cursor.execute(*sql.mark_done(self.worker_name, done, rollup_rows))
+                seconds = [o.seconds for o in finished]
+                cursor.execute(*sql.mark_done(self.worker_name, done, rollup_rows, seconds))
                 rollup_rows = None
             if errors:
                 cursor.execute(*sql.mark_errors(self.worker_name, errors, rollup_rows))

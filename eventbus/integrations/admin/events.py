@@ -364,28 +364,35 @@ class EventAdmin(admin.ModelAdmin):
                 (
                     entry.get("attempt", "?"),
                     display.moment(display.parse_moment(entry.get("at"))),
+                    _took(entry.get("seconds")),
                     entry.get("worker") or "(none: discarded)",
                     self._attempt_error(str(entry.get("error") or ""), number == len(entries)),
                 )
             )
         if record.state == DONE:
             rows.append(
-                (record.attempts, display.moment(record.finished_at), record.worker, "succeeded")
+                (
+                    record.attempts,
+                    display.moment(record.finished_at),
+                    _took(record.duration),
+                    record.worker,
+                    "succeeded",
+                )
             )
         elif is_running(record):
-            rows.append((record.attempts + 1, display.EMPTY, display.EMPTY, "running now"))
+            running = (record.attempts + 1, display.EMPTY, display.EMPTY, display.EMPTY)
+            rows.append((*running, "running now"))
         if not rows:
             return "None yet."
         body = format_html_join(
             "",
-            "<tr><td>{}</td><td class='eventbus-nowrap'>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class='eventbus-nowrap'>{}</td><td class='eventbus-nowrap'>{}"
+            "</td><td>{}</td><td>{}</td></tr>",
             rows,
         )
         return format_html(
             '<table class="eventbus-attempts"><thead><tr><th>attempt</th><th>ended</th>'
-            "<th>worker</th><th>outcome</th></tr></thead><tbody>{}</tbody></table>"
-            '<p class="help">How long each attempt ran is not stored with the event; the '
-            "listener logs it with every attempt (<code>duration_ms</code>).</p>",
+            "<th>took</th><th>worker</th><th>outcome</th></tr></thead><tbody>{}</tbody></table>",
             body,
         )
 
@@ -469,3 +476,8 @@ class EventAdmin(admin.ModelAdmin):
             event["id"],
             text,
         )
+
+
+def _took(seconds: Any) -> str:
+    """An attempt's duration, or a dash for attempts recorded before durations were."""
+    return display.seconds(float(seconds)) if isinstance(seconds, int | float) else display.EMPTY
