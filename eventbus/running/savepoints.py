@@ -54,10 +54,9 @@ _names = itertools.count(1)
 _UNKNOWN = (-1, -1)  # what the server holds after a rollback: send the cause again
 
 # Read by the event table's column defaults (eventbus/migrations/0008_causation.py).
-CAUSE = (
-    "SELECT set_config('eventbus.caused_by', '{}', true), "
-    "set_config('eventbus.correlation', '{}', true)"
-)
+# Two commands that return no rows: the cheapest to carry ahead of a statement.
+CAUSE = "SET LOCAL eventbus.caused_by = '{}'; SET LOCAL eventbus.correlation = '{}'"
+CAUSE_RESULTS = 2  # results it adds ahead of the statement's own
 
 
 class Pipeline:
@@ -103,7 +102,9 @@ class Pipeline:
                 self.sent = self.wanted
                 if rides:  # in the statement's own string: no round trip
                     result = execute(f"{cause}; {sql_}", params, many, ctx)
-                    ctx["cursor"].cursor.nextset()  # to the statement's own result
+                    cursor = ctx["cursor"].cursor
+                    for _ in range(CAUSE_RESULTS):
+                        cursor.nextset()  # to the statement's own result
                     return result
                 self.held.append(cause)
         if not self.held:
@@ -234,7 +235,7 @@ def _rides_along(statement: Any, many: bool, ctx: Any) -> bool:
     string, on a cursor that binds parameters on the client (Django's default with
     psycopg), which sends it as a simple query that may hold several statements."""
     cursor = getattr(ctx.get("cursor"), "cursor", None)
-    return isinstance(statement, str) and not many and type(cursor) is psycopg.ClientCursor
+    return isinstance(statement, str) and not many and isinstance(cursor, psycopg.ClientCursor)
 
 
 @contextlib.contextmanager
