@@ -726,6 +726,26 @@ def publish(
     ]
 
 
+# What holds the xmin horizon back (eventbus.operating.horizon): sessions with a snapshot
+# (except this one), prepared transactions, replication slots. Rows: kind, name, seconds
+# held (NULL for a slot), xid age; oldest first.
+HORIZON_HOLDERS = (
+    "SELECT * FROM ("
+    "SELECT 'session' AS kind, a.pid || ' (' || coalesce(nullif(a.application_name, ''), "
+    "a.usename::text, '?') || ', ' || coalesce(a.state, '?') || ')' AS name, "
+    "extract(epoch FROM now() - coalesce(a.xact_start, a.query_start)) AS seconds, "
+    "age(a.backend_xmin) AS xid_age FROM pg_stat_activity AS a "
+    "WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid() "
+    "AND a.datname = current_database() "
+    "UNION ALL SELECT 'prepared transaction', p.gid, extract(epoch FROM now() - p.prepared), "
+    "age(p.transaction) FROM pg_prepared_xacts AS p "
+    "UNION ALL SELECT 'replication slot', r.slot_name, NULL, "
+    "greatest(age(r.xmin), age(r.catalog_xmin)) FROM pg_replication_slots AS r "
+    "WHERE r.xmin IS NOT NULL OR r.catalog_xmin IS NOT NULL"
+    ") AS h ORDER BY xid_age DESC, seconds DESC NULLS LAST"
+)
+
+
 HEALTH = sql.SQL(
     "SELECT count(*), extract(epoch FROM now() - max(last_seen)) FROM {workers} "
     "WHERE last_seen > now() - make_interval(secs => %(silence)s) "

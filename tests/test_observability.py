@@ -75,6 +75,9 @@ def test_the_metrics_endpoint_counts_what_the_workers_do(
     assert value(m, "eventbus_workers_alive") == 2
     assert value(m, "eventbus_backlog", channel="comment_created") == 1, "not handled here"
     assert value(m, "eventbus_oldest_due_seconds", channel="comment_created") >= 30
+    # what holds back vacuum of the event table (eventbus.operating.horizon)
+    assert ("eventbus_oldest_snapshot_seconds", ()) in m
+    assert ("eventbus_oldest_xmin_age_xids", ()) in m
 
     with connection.cursor() as cursor:
         cursor.execute(

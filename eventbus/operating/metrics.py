@@ -70,11 +70,14 @@ def serve(
     workers_alive: Callable[[], int],
     backlog: Callable[[], dict[str, tuple[int, float]]],
     unhandled: Callable[[], dict[str, int]] = dict,
+    held_back: Callable[[], tuple[float, int]] = lambda: (0.0, 0),
 ) -> None:
     """Serve /metrics on `port` from the supervisor, in a background thread.
 
     `unhandled`: runnable events per channel that no live listener handles (a deploy
     half done, a listener missing its handler modules); they wait, so they need an alert.
+    `held_back`: seconds and xids the oldest snapshot has held back cleanup (a dead
+    tuple's removal), so an alert fires before the event table bloats.
     """
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.core import GaugeMetricFamily
@@ -105,6 +108,24 @@ def serve(
             yield count
             yield age
             yield self.unhandled_gauge()
+            yield from self.horizon_gauges()
+
+        def horizon_gauges(self) -> Iterator[GaugeMetricFamily]:
+            try:
+                seconds, xids = held_back()
+            except Exception:  # the database is down, as above
+                return
+            yield GaugeMetricFamily(
+                "eventbus_oldest_snapshot_seconds",
+                "How long the oldest snapshot has held back vacuum (sessions, prepared "
+                "transactions)",
+                value=seconds,
+            )
+            yield GaugeMetricFamily(
+                "eventbus_oldest_xmin_age_xids",
+                "Transactions since the oldest xmin that holds back vacuum (slots included)",
+                value=xids,
+            )
 
         def unhandled_gauge(self) -> GaugeMetricFamily:
             gauge = GaugeMetricFamily(

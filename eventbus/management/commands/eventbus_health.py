@@ -19,7 +19,7 @@ from django.db import DatabaseError, connections
 
 from eventbus import conf, sql
 from eventbus.declaring import wiring
-from eventbus.operating import status
+from eventbus.operating import horizon, status
 from eventbus.running.liveness import pid_alive
 
 
@@ -50,6 +50,18 @@ class Command(BaseCommand):
             "--skip-backlog", action="store_true", help="liveness only: ignore the backlog"
         )
         parser.add_argument(
+            "--max-snapshot-age",
+            type=float,
+            default=600.0,
+            help="seconds a snapshot (a session's, a prepared transaction's) may hold back "
+            "cleanup of the event table before it is reported (default 600)",
+        )
+        parser.add_argument(
+            "--fail-held-snapshot",
+            action="store_true",
+            help="fail when one has held longer (default: a warning in the ok line)",
+        )
+        parser.add_argument(
             "--fail-unhandled",
             action="store_true",
             help="fail when runnable events have a channel that no live listener on any host "
@@ -75,6 +87,7 @@ class Command(BaseCommand):
                 alive, newest = cursor.fetchone()
                 hung = _hung_here(cursor, options) if options.get("this_host") else []
             backlog = {} if options["skip_backlog"] else status.backlog(alias)
+            held = horizon.oldest(horizon.holders(alias))
             fail_unhandled = options.get("fail_unhandled", False)
             gaps = (
                 wiring.unhandled(alias, options["max_silence"])
@@ -95,6 +108,10 @@ class Command(BaseCommand):
         gap_report = "; ".join(map(str, gaps))
         if gaps and fail_unhandled:
             return False, f"unhealthy: {gap_report}"
+        limit = options.get("max_snapshot_age", 600.0)
+        holding = held if held is not None and (held.seconds or 0.0) > limit else None
+        if holding is not None and options.get("fail_held_snapshot"):
+            return False, f"unhealthy: {holding} (> {limit:g} s)"
         worst = max(backlog.items(), key=lambda item: item[1][1], default=None)
         if worst and worst[1][1] > options["max_backlog_age"]:
             channel, (count, age) = worst
@@ -105,7 +122,10 @@ class Command(BaseCommand):
                 f"(> {options['max_backlog_age']:g} s; {count} runnable){nobody}"
             )
         oldest = f"{worst[1][1]:.1f} s" if worst else "none due"
-        warning = f"; warning: {gap_report}" if gaps else ""
+        warnings = [gap_report] if gaps else []
+        if holding is not None:
+            warnings.append(f"{holding} (> {limit:g} s): the event table cannot be vacuumed")
+        warning = "".join(f"; warning: {w}" for w in warnings)
         return True, (
             f"ok: {alive} worker(s) alive {where} (newest heartbeat {newest:.1f} s "
             f"ago); oldest due event: {oldest}{warning}"

@@ -12,7 +12,7 @@ from eventbus import conf, sql
 from eventbus.declaring import installed, wiring
 from eventbus.management.commands import _options
 from eventbus.models import EventRecord, InflightRecord, PauseRecord, RollupRecord, WorkerRecord
-from eventbus.operating import databases, logs, metrics, status
+from eventbus.operating import databases, horizon, logs, metrics, status
 from eventbus.running.supervisor import Supervisor
 from eventbus.running.worker import WorkerOptions
 
@@ -104,6 +104,9 @@ class Command(BaseCommand):
                 unhandled=lambda: {
                     u.channel: u.count for u in wiring.unhandled_direct(settings.DATABASE_ALIAS)
                 },
+                held_back=lambda: horizon.held_back(
+                    horizon.holders_direct(settings.DATABASE_ALIAS)
+                ),
             )
         code = supervisor.run()
         if code:
