@@ -21,14 +21,21 @@ It runs with EVENTBUS_MAX_SAVEPOINTS=0 (no cap: a batch of 200 opens 200 savepoi
 overflow happened is read from the rows themselves (rows per claim transaction) and from
 pg_stat_slru (cluster-wide: other sessions on the server add to it).
 
+Beside the readers, `pgbench -S` (its select-only script, 2 clients) runs through each
+run, on its own tables in the same database: the TPS of an unrelated read workload, which
+every suboverflowed snapshot touches too.
+
     ./run bench subtransactions [--events 8000] [--processes 1 2] [--readers 3]
-        [--read newest|spread] [--window 2000] [--rounds 2] [--full]
+        [--read newest|spread] [--window 2000] [--rounds 2] [--no-pgbench] [--full]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -76,6 +83,7 @@ class Run:
     max_savepoints_per_tx: int  # writing savepoints seen in one claim transaction
     slru_hit: int  # pg_stat_slru Subtrans deltas over the run
     slru_read: int
+    pgbench_tps: float  # pgbench -S through the run (0: not run)
 
 
 class Readers:
@@ -114,6 +122,46 @@ class Readers:
         return len(latencies) / (until - since), p99 * 1000
 
 
+def _pgbench() -> str | None:
+    """pgbench from PATH or Debian's PostgreSQL directories."""
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    versions = (
+        sorted(os.listdir("/usr/lib/postgresql"), reverse=True)
+        if os.path.isdir("/usr/lib/postgresql")
+        else []
+    )
+    for version in versions:
+        path = f"/usr/lib/postgresql/{version}/bin/pgbench"
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+class PgBench:
+    """`pgbench -S` in the background for the length of a run; its TPS at the end."""
+
+    def __init__(self, binary: str, url: str) -> None:
+        self.process = subprocess.Popen(
+            [binary, "-n", "-S", "-c", "2", "-j", "2", "-T", "3600", "-P", "1", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def finish(self) -> float:
+        """Stop it; the mean of its per-second progress lines."""
+        self.process.terminate()
+        _, err = self.process.communicate(timeout=30)
+        rates = [float(m) for m in re.findall(r"progress: [\d.]+ s, ([\d.]+) tps", err)]
+        return sum(rates) / len(rates) if rates else 0.0
+
+
+def _pgbench_init(binary: str, url: str) -> None:
+    subprocess.run([binary, "-i", "-q", "-s", "1", url], check=True, capture_output=True)
+
+
 def _subtrans_slru(url: str) -> tuple[int, int]:
     with psycopg.connect(url, autocommit=True) as conn:
         hit, read = conn.execute(SUBTRANS_SLRU).fetchone()
@@ -140,6 +188,8 @@ def one_run(url: str, cap: str, events: int, processes: int, batch: int, args: A
     )
     holder = psycopg.connect(url)  # not autocommit: its transaction stays open
     readers = None
+    pgbench = None
+    tps = 0.0
     try:
         listener.wait_ready(processes, url)
         holder.execute("SELECT txid_current()")  # an xid: every later snapshot's xmin <= it
@@ -150,15 +200,21 @@ def one_run(url: str, cap: str, events: int, processes: int, batch: int, args: A
             )
         slru_before = _subtrans_slru(url)
         readers = Readers(url, args.readers, args.read, args.window)
+        if args.pgbench_binary:
+            pgbench = PgBench(args.pgbench_binary, url)
         time.sleep(0.2)  # connected and reading
         started = time.perf_counter()
         common.write_noop_events(url, events, channel=CHANNEL)
         finished = common.wait_for(lambda: common.drained(url), 600, 0.01)
         qps, p99 = readers.finish(started, finished)
         readers = None
+        if pgbench is not None:
+            tps, pgbench = pgbench.finish(), None
     finally:
         if readers is not None:
             readers.stop.set()
+        if pgbench is not None:
+            pgbench.process.kill()
         holder.close()
         listener.stop()
     time.sleep(1.2)  # backends flush their SLRU counters at most once a second, and on exit
@@ -172,6 +228,7 @@ def one_run(url: str, cap: str, events: int, processes: int, batch: int, args: A
         most,
         slru_after[0] - slru_before[0],
         slru_after[1] - slru_before[1],
+        tps,
     )
 
 
@@ -184,6 +241,7 @@ def _best(runs: list[Run]) -> Run:
         max(r.max_savepoints_per_tx for r in runs),
         min(r.slru_hit for r in runs),
         min(r.slru_read for r in runs),
+        max(r.pgbench_tps for r in runs),
     )
 
 
@@ -210,12 +268,18 @@ def main() -> None:
     parser.add_argument("--read", choices=sorted(READS), default="newest", help="see READS")
     parser.add_argument("--window", type=int, default=2000, help="rows each read checks")
     parser.add_argument("--rounds", type=int, help="runs per setting, alternated (2; --full 3)")
+    parser.add_argument("--no-pgbench", action="store_true", help="no pgbench -S beside")
     parser.add_argument("--full", action="store_true")
     args = parser.parse_args()
     events = args.events or (100_000 if args.full else 8_000)
     rounds = args.rounds or (3 if args.full else 2)
     url = common.setup()
     server = _server(url)
+    args.pgbench_binary = None if args.no_pgbench else _pgbench()
+    if args.pgbench_binary:
+        _pgbench_init(args.pgbench_binary, url)
+    elif not args.no_pgbench:
+        print("note: no pgbench on this machine: its column stays 0")
     print(
         f"server: {server}; {args.readers} readers ({args.read}, {args.window} rows a query); "
         "each run holds one transaction with an xid open throughout"
@@ -246,6 +310,7 @@ def main() -> None:
                     "overflowed": "yes" if b.max_savepoints_per_tx > SUBXID_CACHE else "no",
                     "subtrans_hit": b.slru_hit,
                     "subtrans_read": b.slru_read,
+                    "pgbench_S_tps": round(b.pgbench_tps),
                 }
             )
         capped, uncapped = best["cap 64"], best["no cap"]
@@ -253,6 +318,7 @@ def main() -> None:
             "events_per_s": round(capped.events_per_s / uncapped.events_per_s, 2),
             "reader_qps": round(capped.reader_qps / max(uncapped.reader_qps, 1e-9), 2),
             "reader_p99": round(capped.reader_p99_ms / max(uncapped.reader_p99_ms, 1e-9), 2),
+            "pgbench_tps": round(capped.pgbench_tps / max(uncapped.pgbench_tps, 1e-9), 2),
         }
     common.report(
         "subtransactions",
@@ -268,6 +334,7 @@ def main() -> None:
             "overflowed",
             "subtrans_hit",
             "subtrans_read",
+            "pgbench_S_tps",
         ],
         rows,
         extra={
@@ -280,7 +347,8 @@ def main() -> None:
         },
         notes=[
             f"cap 64 / no cap, {p} process(es): events/s {r['events_per_s']}x, "
-            f"reader q/s {r['reader_qps']}x, reader p99 {r['reader_p99']}x"
+            f"reader q/s {r['reader_qps']}x, reader p99 {r['reader_p99']}x, "
+            f"pgbench -S TPS {r['pgbench_tps']}x"
             for p, r in ratios.items()
         ],
     )
