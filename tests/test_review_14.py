@@ -14,14 +14,18 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 from django.contrib.auth.models import User
+from django.core import checks
 from django.db import connection, connections
-from django.test import Client
+from django.test import Client, override_settings
 
 from blog.models import Post
 from eventbus import sql
 from eventbus.event import DONE
 from eventbus.models import EventRecord
 from eventbus.operating import rollup
+from eventbus.testing import run_events
+from tests import alerting
+from tests.alerting import doomed
 from tests.support import Listener, database_url, wait_until
 
 
@@ -134,4 +138,58 @@ def test_retry_of_an_event_a_worker_holds_is_not_offered_and_never_waits_for_the
     assert (offered, waited) == (False, False), (
         f"Retry offered: {offered}; the request waited for the worker: {waited} "
         f"(answered after {answered} s, once the worker let go)"
+    )
+
+
+# --- Handled per minute ------------------------------------------------------------------------
+
+
+def _seconds_into_the_minute() -> float:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extract(second FROM statement_timestamp())::float8")
+        return float(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db
+def test_handled_per_minute_of_a_steady_flow_is_its_rate_whatever_the_second(
+    staff: Client,
+) -> None:
+    """ "Handled per minute (the mean of the last 5 minutes)" sums the current minute,
+    partial, with the 4 before it and divides by 5: a steady 100 a minute shows as 80 at
+    the start of each minute, rising to 100 at its end (a saw tooth, up to 20 % low)."""
+    wait_until(lambda: _seconds_into_the_minute() < 30, 35, what="the first half of a minute")
+    elapsed = _seconds_into_the_minute() / 60
+    with connection.cursor() as cursor:  # 100 a minute for the last hour, up to now
+        cursor.execute(
+            "INSERT INTO eventbus_rollup (minute, queue, handled, failed, died, seconds, "
+            "histogram) SELECT date_trunc('minute', now()) - make_interval(mins => m), "
+            "'post_created', CASE WHEN m = 0 THEN %s ELSE 100 END, 0, 0, 0, '{}' "
+            "FROM generate_series(0, 59) AS m",
+            [round(100 * elapsed)],
+        )
+    page = staff.get("/admin/eventbus/dashboard/")
+    [row] = [r for r in page.context["overview"].rows if r.queue == "post_created"]
+    assert row.per_minute == pytest.approx(100, rel=0.05), (
+        f"a steady 100/min shown as {row.per_minute}/min, {elapsed * 60:.0f} s into the minute"
+    )
+
+
+# --- Alerts on death ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_dead_alerts_admin_link_opens_the_event_without_admin_base_url() -> None:
+    """With DEAD_ALERT set and ADMIN_BASE_URL left at its default (""), the alert's
+    `admin_url` is "/admin/eventbus/eventrecord/5/change/": a path, not a link a mail
+    client or a pager can open, and nothing (no check, no log line) says so. It should be
+    absolute, or None with a warning at start-up (a system check)."""
+
+    alerting.received.clear()
+    doomed.publish({})
+    with override_settings(EVENTBUS={"DEAD_ALERT": "tests.alerting.record"}):
+        run_events(["alert_doomed"])
+        warned = [m for m in checks.run_checks() if "ADMIN_BASE_URL" in m.msg]
+    [alert] = alerting.received
+    assert warned or alert.admin_url is None or alert.admin_url.startswith("http"), (
+        f"admin_url {alert.admin_url!r}, and no check warns"
     )
