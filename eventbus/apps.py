@@ -14,6 +14,7 @@ class EventbusConfig(AppConfig):
         registered in every process."""
         from eventbus import conf
         from eventbus.declaring import autodetector, installed, wiring  # noqa: F401 (checks)
+        from eventbus.integrations import alerts  # noqa: F401 (its check)
         from eventbus.integrations.tasks import queues
         from eventbus.operating import logs
 

@@ -223,6 +223,10 @@ class RollupRecord(models.Model):
     id = models.BigAutoField(primary_key=True)
     minute = models.DateTimeField()
     queue = models.CharField(max_length=64)  # a channel, or channel:subscription
+    # Whose row: each claim connection (a worker, or one handler slot) adds to its own, so
+    # no listener ever waits on another's row between its mark and its commit. The
+    # backlog sample's row has none (""). Readers sum over writers.
+    writer = models.CharField(max_length=160, blank=True, **db_default("", default=""))
     handled = models.IntegerField(default=0)  # attempts that ended done
     failed = models.IntegerField(default=0)  # attempts that failed and run again
     died = models.IntegerField(default=0)  # attempts that ended dead
@@ -237,7 +241,9 @@ class RollupRecord(models.Model):
         verbose_name = "rollup minute"
         constraints = [
             # The upsert's conflict target; its index also serves "the last hour".
-            models.UniqueConstraint(fields=["minute", "queue"], name="eventbus_rollup_minute_queue")
+            models.UniqueConstraint(
+                fields=["minute", "queue", "writer"], name="eventbus_rollup_minute_queue_writer"
+            )
         ]
 
     def __str__(self) -> str:

@@ -430,9 +430,10 @@ ROLLUP = sql.Identifier("eventbus_rollup")
 @dataclass(frozen=True)
 class RollupRows:
     """A batch's outcomes per queue (sorted, each queue once), for the rollup that rides
-    in the statement marking the batch: no round trip of its own. Rows are locked in
-    queue order, so two workers adding to the same minutes cannot deadlock."""
+    in the statement marking the batch: no round trip of its own. Each writer (a claim
+    connection) adds to rows of its own, so listeners never wait on each other's rows."""
 
+    writer: str
     queues: list[str]
     handled: list[int]
     failed: list[int]
@@ -442,6 +443,7 @@ class RollupRows:
 
     def params(self) -> dict[str, Any]:
         return {
+            "r_writer": self.writer,
             "r_queues": self.queues,
             "r_handled": self.handled,
             "r_failed": self.failed,
@@ -455,13 +457,14 @@ class RollupRows:
 # bucket (a longer one, from a later release with more buckets, keeps its tail).
 _ROLLUP_CTE = sql.SQL(
     "rollup AS (INSERT INTO {rollup} AS r "
-    "(minute, queue, handled, failed, died, seconds, histogram) "
-    "SELECT date_trunc('minute', statement_timestamp()), t.queue, t.handled, t.failed, "
+    "(minute, queue, writer, handled, failed, died, seconds, histogram) "
+    "SELECT date_trunc('minute', statement_timestamp()), t.queue, %(r_writer)s, t.handled, "
+    "t.failed, "
     "t.died, t.seconds, t.histogram::int[] FROM unnest(%(r_queues)s::text[], "
     "%(r_handled)s::int[], %(r_failed)s::int[], %(r_died)s::int[], %(r_seconds)s::float8[], "
     "%(r_histograms)s::text[]) AS t(queue, handled, failed, died, seconds, histogram) "
     "ORDER BY t.queue "
-    "ON CONFLICT (minute, queue) DO UPDATE SET handled = r.handled + EXCLUDED.handled, "
+    "ON CONFLICT (minute, queue, writer) DO UPDATE SET handled = r.handled + EXCLUDED.handled, "
     "failed = r.failed + EXCLUDED.failed, died = r.died + EXCLUDED.died, "
     "seconds = r.seconds + EXCLUDED.seconds, histogram = (SELECT coalesce(array_agg("
     "coalesce(h.a, 0) + coalesce(h.b, 0) ORDER BY h.n), '{{}}') FROM unnest(r.histogram, "
@@ -528,11 +531,13 @@ def mark_errors(
 
 
 def requeue(scope: Scope) -> tuple[sql.Composed, dict[str, Any]]:
-    """Make failed or dead events of `scope` pending again, due now."""
+    """Make failed or dead events of `scope` pending again, due now; one a worker holds
+    (it is running: its outcome is on the way) is skipped, never waited for."""
     where, params = _where(replace(scope, due_only=False, ordered_channels=()))
     query = sql.SQL(
+        "WITH t AS (SELECT e.id FROM {table} AS e WHERE {where} FOR UPDATE SKIP LOCKED) "
         "UPDATE {table} AS e SET state = {pending}, run_after = now(), finished_at = NULL "
-        "WHERE {where} RETURNING e.id, e.channel"
+        "FROM t WHERE e.id = t.id RETURNING e.id, e.channel"
     ).format(table=TABLE, pending=sql.Literal(PENDING), where=where)
     return query, params
 
@@ -892,17 +897,20 @@ ROLLUP_SAMPLE = sql.SQL(
     "WHERE {runnable} AND EXISTS (SELECT FROM fresh) GROUP BY e.channel), "
     "queues AS (SELECT queue FROM counts UNION SELECT unnest(%(queues)s::text[])) "
     "INSERT INTO {rollup} AS r "
-    "(minute, queue, handled, failed, died, seconds, histogram, backlog) "
-    "SELECT f.minute, q.queue, 0, 0, 0, 0, '{{}}', coalesce(c.n, 0) FROM fresh AS f "
+    "(minute, queue, writer, handled, failed, died, seconds, histogram, backlog) "
+    "SELECT f.minute, q.queue, '', 0, 0, 0, 0, '{{}}', coalesce(c.n, 0) FROM fresh AS f "
     "CROSS JOIN queues AS q LEFT JOIN counts AS c ON c.queue = q.queue ORDER BY q.queue "
-    "ON CONFLICT (minute, queue) DO UPDATE SET backlog = EXCLUDED.backlog"
+    "ON CONFLICT (minute, queue, writer) DO UPDATE SET backlog = EXCLUDED.backlog"
 ).format(rollup=ROLLUP, table=TABLE, runnable=_in("e.state", RUNNABLE))
 
 ROLLUP_PURGE = sql.SQL(
     "DELETE FROM {rollup} WHERE minute < statement_timestamp() - make_interval(secs => %s)"
 ).format(rollup=ROLLUP)
 
-ROLLUP_NOW = "SELECT date_trunc('minute', statement_timestamp())"
+ROLLUP_NOW = (
+    "SELECT date_trunc('minute', statement_timestamp()), "
+    "extract(epoch FROM statement_timestamp() - date_trunc('minute', statement_timestamp()))"
+)
 
 # Per queue with rows in the last day: what it did in the last hour, and in the last few
 # minutes (the rate).

@@ -85,7 +85,10 @@ def test_events_retry_requeues_by_id_or_by_state_and_channel_and_wakes_listeners
             "eventbus_comment_created"
         ]
     assert f"re-queued 1 event(s): {dead.pk}" in result.stdout
-    assert f"not re-queued (not failed or dead, or unknown): {done.pk}" in result.stderr
+    assert (
+        f"not re-queued (not failed or dead, a worker is handling it, or unknown): {done.pk}"
+        in (result.stderr)
+    )
     dead.refresh_from_db()
     assert (dead.state, dead.attempts, dead.finished_at) == ("pending", 10, None)
     assert dead.run_after <= timezone.now()

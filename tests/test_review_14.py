@@ -53,12 +53,13 @@ def test_a_worker_stalled_after_its_mark_does_not_hold_up_other_listeners_of_its
     try:
         # What a worker's claim transaction holds after its mark statement, before COMMIT:
         # the rollup rows of its channel. (Three minutes, so the spec cannot straddle one.)
-        marked = rollup.rows([SimpleNamespace(channel="post_created", status=DONE, seconds=0.01)])
+        done = SimpleNamespace(channel="post_created", status=DONE, seconds=0.01)
+        marked = rollup.rows([done], "frozen-worker")
         frozen.execute(*sql.mark_done("frozen-worker", [], marked, []))
         frozen.execute(
-            "INSERT INTO eventbus_rollup (minute, queue, handled, failed, died, seconds, "
-            "histogram) SELECT date_trunc('minute', now()) + make_interval(mins => m), "
-            "'post_created', 1, 0, 0, 0, '{}' FROM generate_series(1, 2) AS m"
+            "INSERT INTO eventbus_rollup (minute, queue, writer, handled, failed, died, "
+            "seconds, histogram) SELECT date_trunc('minute', now()) + make_interval(mins => m), "
+            "'post_created', 'frozen-worker', 1, 0, 0, 0, '{}' FROM generate_series(1, 2) AS m"
         )
         listener = start_listener("--poll-interval", "1", workers=1)
         post = Post.objects.create(title="t", body="one two", author=author)
@@ -86,7 +87,7 @@ def test_the_dashboard_never_shows_a_p95_below_what_the_handlers_took(staff: Cli
     the like), never a number below the truth."""
     slow = [SimpleNamespace(channel="post_created", status=DONE, seconds=240.0)] * 10
     with connection.cursor() as cursor:
-        cursor.execute(*sql.mark_done("w", [], rollup.rows(slow), []))
+        cursor.execute(*sql.mark_done("w", [], rollup.rows(slow, "w"), []))
     page = staff.get("/admin/eventbus/dashboard/")
     [row] = [r for r in page.context["overview"].rows if r.queue == "post_created"]
     assert row.p95 is None or row.p95 >= 240.0, f"p95 shown as {row.p95} s for 240 s handlers"

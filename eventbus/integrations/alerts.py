@@ -25,16 +25,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings as django_settings
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import mail_admins
 from django.db import connections, transaction
 from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
 
-from eventbus import sql
+from eventbus import conf, sql
 from eventbus.event import DEAD
 from eventbus.running.errortext import first_line
 
@@ -166,8 +167,30 @@ class DeadAlerts:
         )
 
     def _admin_url(self, event_id: int) -> str | None:
+        """The event's admin page as a link a mail client opens: None without
+        ``ADMIN_BASE_URL`` (a worker has no request to learn the site's address from;
+        check ``eventbus.W030`` says so)."""
+        if not self.base_url:
+            return None
         try:
             path = reverse("admin:eventbus_eventrecord_change", args=[event_id])
         except NoReverseMatch:
             return None
-        return f"{self.base_url}{path}"
+        return f"{self.base_url.rstrip('/')}{path}"
+
+
+@checks.register("eventbus")
+def check_alert_links(**kwargs: Any) -> list[checks.CheckMessage]:
+    """eventbus.W030: alerts on death are on, but they cannot link to the event."""
+    settings = conf.get()
+    if not settings.DEAD_ALERT or settings.ADMIN_BASE_URL:
+        return []
+    return [
+        checks.Warning(
+            "DEAD_ALERT is set but ADMIN_BASE_URL is not: alerts will carry no link to "
+            "the dead event's admin page",
+            hint='Set EVENTBUS["ADMIN_BASE_URL"] (or EVENTBUS_ADMIN_BASE_URL) to the '
+            "site's address, such as https://blog.example.",
+            id="eventbus.W030",
+        )
+    ]

@@ -14,6 +14,7 @@ admin index lists it, and its permissions are the model's. Viewing needs
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.contrib import admin, messages
@@ -26,7 +27,7 @@ from django.utils.http import urlencode
 from eventbus import conf
 from eventbus.integrations import charts
 from eventbus.models import Dashboard
-from eventbus.operating import overview, pauses
+from eventbus.operating import overview, pauses, rollup
 from eventbus.operating.overview import QueueRow
 
 REFRESH = 10  # seconds between the page's reloads
@@ -168,6 +169,8 @@ def duration(seconds: float | None) -> str:
     """0.42 ms, 12.3 ms, 4.1 s, 1.5 min, 3.5 h; a dash for nothing measured."""
     if seconds is None:
         return NOTHING
+    if math.isinf(seconds):  # the histogram's open-ended top bucket
+        return f"> {duration(rollup.BUCKET_BOUNDS[-1])}"
     if seconds < 1:
         return f"{seconds * 1000:.3g} ms"
     if seconds < 60:

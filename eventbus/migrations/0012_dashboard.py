@@ -7,6 +7,8 @@ uses; the ``Dashboard`` proxy only gives the admin page its entry and permission
 import django.contrib.postgres.fields
 from django.db import migrations, models
 
+from eventbus import compat
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -32,6 +34,12 @@ class Migration(migrations.Migration):
                 ("id", models.BigAutoField(primary_key=True, serialize=False)),
                 ("minute", models.DateTimeField()),
                 ("queue", models.CharField(max_length=64)),
+                (
+                    "writer",
+                    models.CharField(
+                        blank=True, max_length=160, **compat.db_default("", default="")
+                    ),
+                ),
                 ("handled", models.IntegerField(default=0)),
                 ("failed", models.IntegerField(default=0)),
                 ("died", models.IntegerField(default=0)),
@@ -49,7 +57,8 @@ class Migration(migrations.Migration):
                 "db_table": "eventbus_rollup",
                 "constraints": [
                     models.UniqueConstraint(
-                        fields=("minute", "queue"), name="eventbus_rollup_minute_queue"
+                        fields=("minute", "queue", "writer"),
+                        name="eventbus_rollup_minute_queue_writer",
                     )
                 ],
             },
@@ -66,4 +75,5 @@ class Migration(migrations.Migration):
             },
             bases=("eventbus.rolluprecord",),
         ),
+        *compat.set_database_defaults("eventbus_rollup", writer="''"),
     ]

@@ -21,7 +21,9 @@ from eventbus.operating import pauses, rollup
 
 HOUR = 60  # minutes
 DAY = 1440
-RECENT = 5  # minutes the rate is the mean of, the current one included
+# Minutes the rate is the mean of: the 4 whole ones before, and as much of the current
+# one as has passed (so a steady flow reads the same at any second of the minute).
+RECENT = 5
 DAY_STEP = 15  # minutes per point of the day's charts
 
 
@@ -66,7 +68,7 @@ def overview(queue: str | None = None, alias: str = "default") -> Overview:
     """The dashboard's numbers; the series cover `queue` alone, or every queue."""
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.ROLLUP_NOW)
-        now: datetime = cursor.fetchone()[0]
+        now, elapsed = cursor.fetchone()  # the current minute, and seconds into it
         hour, day = now - timedelta(minutes=HOUR - 1), now - timedelta(minutes=DAY - 1)
         recent = now - timedelta(minutes=RECENT - 1)
         cursor.execute(sql.ROLLUP_TOTALS, {"hour": hour, "recent": recent, "day": day})
@@ -98,7 +100,7 @@ def overview(queue: str | None = None, alias: str = "default") -> Overview:
         rows.append(
             QueueRow(
                 queue=name,
-                per_minute=recent_handled / RECENT,
+                per_minute=recent_handled / (RECENT - 1 + float(elapsed) / 60),
                 handled=handled,
                 failed_attempts=failed_attempts,
                 died=died,

@@ -3,7 +3,7 @@ handlers took, per queue and minute.
 
 The event table cannot answer "how many per minute" for long: done events are purged
 after ``DONE_RETENTION``, and counting them would scan history. So each claim transaction
-adds its batch to one row per (minute, queue) of ``eventbus_rollup``, inside the statement
+adds its batch to its own row per (minute, queue) of ``eventbus_rollup``, inside the statement
 that marks the batch (a CTE of ``sql.mark_done`` / ``sql.mark_errors``): no round trip of
 its own, and the counts commit exactly when the events' new states do. The rows stay
 for ``ROLLUP_RETENTION`` (7 days), purged by the listeners' background purge.
@@ -38,8 +38,9 @@ def bucket(seconds: float) -> int:
     return bisect_right(BUCKET_BOUNDS, seconds)
 
 
-def rows(outcomes: Iterable[Any]) -> sql.RollupRows | None:
-    """A batch's outcomes (``Outcome``: channel, status, seconds) per queue, for the mark.
+def rows(outcomes: Iterable[Any], writer: str) -> sql.RollupRows | None:
+    """A batch's outcomes (``Outcome``: channel, status, seconds) per queue, for the mark
+    by `writer` (the claim connection's name: its own rows).
 
     An attempt that never ran a handler (a worker death, an outcome that could not be
     recorded) has no duration (0.0) and is counted but left out of the histogram.
@@ -65,6 +66,7 @@ def rows(outcomes: Iterable[Any]) -> sql.RollupRows | None:
         return None
     queues = sorted(tallies)
     return sql.RollupRows(
+        writer=writer,
         queues=queues,
         handled=[tallies[q][0] for q in queues],
         failed=[tallies[q][1] for q in queues],
@@ -77,7 +79,8 @@ def rows(outcomes: Iterable[Any]) -> sql.RollupRows | None:
 def percentile(histogram: Sequence[int], fraction: float) -> float | None:
     """The duration below which `fraction` of the attempts in `histogram` fell, or None
     when it holds none. Interpolated on the log scale inside the bucket that holds it;
-    the open-ended buckets answer with their one bound."""
+    the lowest bucket answers with its upper bound, and the open-ended top one with
+    ``math.inf`` ("over the last bound": never a number below the truth)."""
     total = sum(histogram)
     if not total:
         return None
@@ -90,11 +93,11 @@ def percentile(histogram: Sequence[int], fraction: float) -> float | None:
         if index == 0:
             return BUCKET_BOUNDS[0]
         if index >= len(BUCKET_BOUNDS):
-            return BUCKET_BOUNDS[-1]
+            return math.inf
         low, high = BUCKET_BOUNDS[index - 1], BUCKET_BOUNDS[index]
         share = max(0.0, min(1.0, (rank - seen) / count))
         return low * math.exp(share * math.log(high / low))
-    return BUCKET_BOUNDS[-1]
+    return math.inf
 
 
 def sample(queues: Sequence[str], alias: str = "default") -> None:

@@ -149,6 +149,7 @@ class Executor:
         self.fault_rate, self.fault_seed = settings.FAULT_RATE, settings.FAULT_SEED
         ledger_name = worker_name if slot is None else f"{worker_name}#{slot}"
         self.ledger = CrashLedger(ledger_name, alias, side)
+        self.writer = ledger_name  # its own rows in the dashboard's rollup
         self._pins: dict[int, Any] = {}
         self.unstarted: list[int] = []  # claimed by the last batch but left pending
         self._baseline: tuple[Any, ...] = ()  # Django's bookkeeping inside the claim
@@ -317,7 +318,7 @@ class Executor:
             event = Event.from_row(rows[0])
             outcome = Outcome(event.id, event.queue, event.attempt, DEAD, reason, 0.0)
             mark = sql.ErrorMark(event.id, DEAD, 0, reason)
-            counted = rollup.rows([outcome]) if self.settings.ROLLUP else None
+            counted = rollup.rows([outcome], self.writer) if self.settings.ROLLUP else None
             cursor.execute(*sql.mark_errors(self.worker_name, [mark], counted))
             if followers.watched:
                 cursor.execute(sql.NOTIFY_CHANGES)
@@ -715,7 +716,7 @@ class Executor:
             if o.status != DONE
         ]
         # The dashboard's rollup rides in the first mark statement: no round trip of its own.
-        rollup_rows = rollup.rows(outcomes) if self.settings.ROLLUP else None
+        rollup_rows = rollup.rows(outcomes, self.writer) if self.settings.ROLLUP else None
         with connections[self.alias].cursor() as cursor:
             if done:
                 seconds = [o.seconds for o in finished]

@@ -143,7 +143,7 @@ class EventAdmin(admin.ModelAdmin):
         record = super().get_object(request, object_id, from_field)
         if record is not None:
             mark_running([record], self.alias)
-            record.can_retry = record.state in maintenance.REQUEUABLE  # type: ignore[attr-defined]
+            record.can_retry = record.state in maintenance.REQUEUABLE and not is_running(record)  # type: ignore[attr-defined]
             record.can_discard = record.state in RUNNABLE and not is_running(record)  # type: ignore[attr-defined]
         return record
 
@@ -186,7 +186,8 @@ class EventAdmin(admin.ModelAdmin):
         else:
             self.message_user(
                 request,
-                f"Event {record.pk} was not re-queued: it is {record.state}, not failed or dead.",
+                f"Event {record.pk} was not re-queued: a worker is handling it, or it is no "
+                "longer failed or dead.",
                 messages.WARNING,
             )
         return self._back(record)

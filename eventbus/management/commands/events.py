@@ -233,7 +233,8 @@ class Command(EventbusCommand):
             missed = sorted(set(ids) - {i for i, _ in rows})
             if missed:
                 self.stderr.write(
-                    f"not re-queued (not failed or dead, or unknown): {', '.join(map(str, missed))}"
+                    "not re-queued (not failed or dead, a worker is handling it, or unknown): "
+                    + ", ".join(map(str, missed))
                 )
 
     def tree(self, options: dict[str, Any]) -> None:
