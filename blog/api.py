@@ -76,13 +76,19 @@ class BadRequest(ValueError):
     pass
 
 
-def _parse(body: bytes) -> dict[str, Any]:
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a BadRequest saying why not."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
+    return data
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    data = _json_object(body)
     missing = [k for k in ("title", "body", "author") if not isinstance(data.get(k), str)]
     if missing:
         raise BadRequest(f"missing or not a string: {', '.join(missing)}")
@@ -267,12 +273,7 @@ MAX_ADDRESSES = 1000
 
 def _parse_emails(body: bytes) -> tuple[list[str], str, str]:
     """{"addresses": [...], "subject": "...", "body": "..."}: every address valid."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
+    data = _json_object(body)
     addresses = _addresses(data)
     missing = [k for k in ("subject", "body") if not isinstance(data.get(k), str)]
     if missing:
@@ -296,13 +297,7 @@ def _addresses(data: dict[str, Any]) -> list[str]:
 
 def _parse_addresses(body: bytes) -> list[str]:
     """{"addresses": [...]}: every address valid."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
-    return _addresses(data)
+    return _addresses(_json_object(body))
 
 
 @csrf_exempt
