@@ -8,14 +8,16 @@ ever more dead index entries. This scenario shows what that does to eventbus ove
 Writers (one per 250 events/s, so that each has time to spare: a commit waits for the
 disk) commit one bench_noop event per transaction at R events/s (2,000 by default) while
 `listen --processes 2` handles them. After `--before` seconds, another session runs
-`BEGIN ISOLATION LEVEL REPEATABLE READ`, reads the event table and stays idle in that
-transaction for `--hold` seconds, then rolls back; writing goes on for `--after` seconds
-more. Every `--interval` seconds it records:
+`BEGIN ISOLATION LEVEL REPEATABLE READ`, reads an application table (`--hold-reads
+events`: the event table) and stays idle in that transaction for `--hold` seconds, then
+rolls back; writing goes on for `--after` seconds more. Every `--interval` seconds it records:
 - events written and handled per second; p50 and p99 latency (created_at to finished_at
   of the events finished in the interval, from the event table);
 - the runnable backlog, `n_live_tup` and `n_dead_tup` of the event table (the statistics
   lag a second or so), its autovacuum count, and the age of the oldest snapshot's xmin;
-- the sizes of the event table, of all its indexes and of the runnable index;
+- the sizes of the event table, of all its indexes and of the runnable set (the single
+  table's runnable index; or the queue slots' tables and indexes), the queue slots' dead
+  tuples, and how many queue rotations were seen;
 - the claim's duration: the engine's own claim statement (eventbus.sql.claim, the
   listener's scope and batch size, its plan pinned as the workers pin it) timed from here
   in a transaction that is rolled back, median of three; and a writer's commit, mean;
@@ -30,7 +32,8 @@ it, and removes it at the end. It writes a CSV and a PNG chart (the held interva
 to docs/soak/LABEL.csv and .png, then prints a table per phase and one JSON line.
 
     ./run bench soak [--rate 2000] [--before 50] [--hold 60] [--after 90] [--interval 5]
-                     [--writers 8] [--batch-size 100] [--label latest] [--full]
+                     [--writers 8] [--batch-size 100] [--hold-reads app|events]
+                     [--label latest] [--full]
 
 `--full`: an hour, the snapshot held for 10 minutes in the middle.
 """
@@ -66,14 +69,33 @@ FINISHED = (
     "extract(epoch FROM finished_at - created_at) * 1000) FROM eventbus_event "
     "WHERE state IN ('done', 'dead') AND finished_at >= %s AND finished_at < %s"
 )
+# The event storage, whatever its layout: a single table (issue 15's "before"), or the
+# partitioned one (eventbus.storing), read through pg_partition_tree. "The runnable set"
+# is the single table's runnable index, or the queue slots (their heap and indexes).
 STORAGE = (
+    "WITH leaves AS (SELECT t.relid, c.relname FROM pg_partition_tree('eventbus_event') AS t "
+    "JOIN pg_class AS c ON c.oid = t.relid WHERE t.isleaf), "
+    "queue AS (SELECT relid FROM leaves WHERE relname LIKE 'eventbus_event_queue_%%'), "
+    "stats AS (SELECT s.* FROM pg_stat_user_tables AS s JOIN leaves AS l ON l.relid = s.relid) "
     "SELECT (SELECT count(*) FROM eventbus_event WHERE state IN ('pending', 'failed')), "
-    "s.n_live_tup, s.n_dead_tup, s.autovacuum_count, "
-    "pg_relation_size('eventbus_event'), pg_indexes_size('eventbus_event'), "
-    "pg_relation_size('eventbus_event_runnable'), "
-    "(SELECT coalesce(max(age(backend_xmin)), 0) FROM pg_stat_activity) "
-    "FROM pg_stat_user_tables AS s WHERE s.relname = 'eventbus_event'"
+    "(SELECT sum(n_live_tup) FROM stats)::bigint, (SELECT sum(n_dead_tup) FROM stats)::bigint, "
+    "(SELECT sum(autovacuum_count) FROM stats)::bigint, "
+    "(SELECT sum(pg_relation_size(relid)) FROM leaves)::bigint, "
+    "(SELECT sum(pg_indexes_size(relid)) FROM leaves)::bigint, "
+    "coalesce((SELECT sum(pg_indexes_size(relid)) FROM queue)::bigint, "
+    "pg_relation_size(to_regclass('eventbus_event_runnable'))), "
+    "(SELECT sum(pg_relation_size(relid)) FROM queue)::bigint, "
+    "(SELECT sum(s.n_dead_tup) FROM stats AS s JOIN queue AS q ON q.relid = s.relid)::bigint, "
+    "(SELECT array_agg(pg_relation_filenode(relid) ORDER BY relid) FROM queue), "
+    "(SELECT coalesce(max(age(backend_xmin)), 0) FROM pg_stat_activity)"
 )
+# What the snapshot's session reads first (its snapshot is taken then): an application
+# table, as an analytics query or a session left idle in transaction would; or the event
+# table itself, whose lock then also stops the queue's rotation (TRUNCATE) while held.
+HOLD_READS = {
+    "app": "SELECT count(*) FROM auth_user",
+    "events": "SELECT id FROM eventbus_event ORDER BY id LIMIT 1",
+}
 SERVER = (
     "SELECT current_setting('server_version'), current_setting('autovacuum'), "
     "current_setting('fsync'), current_setting('synchronous_commit'), "
@@ -107,6 +129,9 @@ COLUMNS = (
     "table_mb",
     "indexes_mb",
     "runnable_index_mb",
+    "queue_mb",
+    "queue_dead_tup",
+    "rotations",
     "wal_mb_per_s",
     "checkpoints",
     "load1",
@@ -311,29 +336,61 @@ class Wal:
         return {"wal_mb_per_s": round(rate, 2), "checkpoints": checkpoints}
 
 
-def _sample(conn: Any, since: datetime, until: datetime, seconds: float) -> dict[str, Any]:
+class Storage:
+    """The storage's sizes and tuples, and how many queue rotations were seen so far (a
+    slot's TRUNCATE gives it a new file: at least one rotation between two samples)."""
+
+    def __init__(self) -> None:
+        self.filenodes: list[int] | None = None
+        self.rotations = 0
+
+    def sample(self, conn: Any) -> dict[str, Any]:
+        (
+            backlog,
+            live,
+            dead,
+            vacuums,
+            table,
+            indexes,
+            runnable,
+            queue,
+            queue_dead,
+            filenodes,
+            xmin_age,
+        ) = conn.execute(STORAGE).fetchone()
+        if filenodes and self.filenodes and filenodes != self.filenodes:
+            self.rotations += sum(a != b for a, b in zip(filenodes, self.filenodes, strict=False))
+        self.filenodes = filenodes
+        return {
+            "backlog": backlog,
+            "n_live_tup": live,
+            "n_dead_tup": dead,
+            "autovacuums": vacuums,
+            "xmin_age": xmin_age,
+            "table_mb": round(table / MB, 2),
+            "indexes_mb": round(indexes / MB, 2),
+            "runnable_index_mb": round(runnable / MB, 3),
+            "queue_mb": None if queue is None else round(queue / MB, 3),
+            "queue_dead_tup": queue_dead,
+            "rotations": self.rotations if filenodes else None,
+        }
+
+
+def _sample(
+    conn: Any, storage: Storage, since: datetime, until: datetime, seconds: float
+) -> dict[str, Any]:
     handled, percentiles = conn.execute(FINISHED, [since, until]).fetchone()
     p50, p99 = percentiles or (None, None)
-    backlog, live, dead, vacuums, table, indexes, runnable, xmin_age = conn.execute(
-        STORAGE
-    ).fetchone()
     return {
         "handled_per_s": round(handled / seconds, 1),
         "p50_ms": round(p50, 2) if p50 is not None else None,
         "p99_ms": round(p99, 2) if p99 is not None else None,
-        "backlog": backlog,
-        "n_live_tup": live,
-        "n_dead_tup": dead,
-        "autovacuums": vacuums,
-        "xmin_age": xmin_age,
-        "table_mb": round(table / MB, 2),
-        "indexes_mb": round(indexes / MB, 2),
-        "runnable_index_mb": round(runnable / MB, 3),
+        **storage.sample(conn),
     }
 
 
 def soak(
-    url: str, plan: Plan, server: cluster.Server
+    url: str, plan: Plan, server: cluster.Server, hold_reads: str
 ) -> tuple[list[dict[str, Any]], dict[str, datetime]]:
     """Run the scenario; the samples, and the server's clock at each phase's start."""
     import psycopg
@@ -370,6 +427,7 @@ def soak(
             cpu = CpuByRole(conn, postmaster, listener.process.pid, [p.pid for p in procs])
             disk = DiskBusy(server.data)
             wal = Wal(conn)
+            storage = Storage()
             time.sleep(max(0.0, start_at - time.time()))
             marks = {"before": now()}
             since, last_written, last_busy, last_t = marks["before"], 0, 0, 0.0
@@ -383,7 +441,7 @@ def soak(
                     _sleep_until(start_at + hold_at)
                     holder = psycopg.connect(url, application_name="soak snapshot")
                     holder.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-                    holder.execute("SELECT id FROM eventbus_event ORDER BY id LIMIT 1").fetchone()
+                    holder.execute(HOLD_READS[hold_reads]).fetchone()
                     marks["held"] = now()  # idle in transaction from here on
                 if holder is not None and release_at < t:
                     _sleep_until(start_at + release_at)
@@ -401,7 +459,7 @@ def soak(
                     "t_s": round(t, 1),
                     "phase": plan.phase(t),
                     "written_per_s": round((total - last_written) / (t - last_t), 1),
-                    **_sample(conn, since, stamp, (stamp - since).total_seconds()),
+                    **_sample(conn, storage, since, stamp, (stamp - since).total_seconds()),
                     "claim_ms": round(probe.milliseconds(), 3),
                     "commit_ms": round((spent - last_busy) / commits / 1000, 3),
                     **wal.sample(),
@@ -487,6 +545,10 @@ def phases(
                     "table_mb_end": inside[-1]["table_mb"],
                     "indexes_mb_end": inside[-1]["indexes_mb"],
                     "runnable_index_mb_end": inside[-1]["runnable_index_mb"],
+                    "max_runnable_index_mb": max(s["runnable_index_mb"] for s in inside),
+                    "queue_mb_end": inside[-1]["queue_mb"],
+                    "rotations": (inside[-1]["rotations"] or 0)
+                    - ((samples[first - 1]["rotations"] or 0) if first else 0),
                     "autovacuums": inside[-1]["autovacuums"] - vacuums_before,
                     **{
                         role: round(statistics.mean(s[role] for s in inside), 2)
@@ -536,7 +598,14 @@ def chart(path: Path, samples: list[dict[str, Any]], plan: Plan, title: str) -> 
         ),
         ("rows, thousands", [("n_dead_tup", "n_dead_tup"), ("backlog", "runnable backlog")], 1e-3),
         ("MB", [("table_mb", "event table"), ("indexes_mb", "its indexes")], 1),
-        ("MB", [("runnable_index_mb", "runnable index")], 1),
+        (
+            "MB",
+            [
+                ("runnable_index_mb", "runnable index\n(queue slots' indexes)"),
+                ("queue_mb", "queue slots' table"),
+            ],
+            1,
+        ),
         (
             "cores; disk",
             [
@@ -594,6 +663,12 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--batch-size", type=int, default=100, help="listen's (its default)")
     parser.add_argument("--writers", type=int, help="writing processes (one per 250 events/s)")
+    parser.add_argument(
+        "--hold-reads",
+        choices=sorted(HOLD_READS),
+        default="app",
+        help="what the snapshot's session reads: an app table (default) or the event table",
+    )
     parser.add_argument("--label", default="latest", help="docs/soak/LABEL.csv and .png")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "soak")
     parser.add_argument("--full", action="store_true", help="an hour, held for 10 minutes")
@@ -628,14 +703,14 @@ def main() -> None:
             f"shared_buffers = {buffers})"
         )
         print(f"soak: on {where}", flush=True)
-        samples, marks = soak(url, plan, server)
+        samples, marks = soak(url, plan, server, args.hold_reads)
         rows = phases(url, samples, marks)
     load_after = os.getloadavg()
     csv_path, png_path = args.out / f"{args.label}.csv", args.out / f"{args.label}.png"
     write_csv(csv_path, samples)
     title = (
         f"eventbus soak ({args.label}): {plan.rate:,} events/s, listen --processes 2, "
-        f"REPEATABLE READ snapshot held {plan.hold:.0f} s\n"
+        f"REPEATABLE READ snapshot held {plan.hold:.0f} s (it read: {args.hold_reads})\n"
         f"scratch PostgreSQL {version}, autovacuum {autovacuum}; 2-core VM"
     )
     chart(png_path, samples, plan, title)
@@ -655,6 +730,9 @@ def main() -> None:
             "table_mb_end",
             "indexes_mb_end",
             "runnable_index_mb_end",
+            "max_runnable_index_mb",
+            "queue_mb_end",
+            "rotations",
             "autovacuums",
             *PHASE_CPU,
         ],
@@ -664,6 +742,7 @@ def main() -> None:
             "autovacuum": autovacuum,
             "rate": plan.rate,
             "hold_s": plan.hold,
+            "hold_reads": args.hold_reads,
             "batch": plan.batch,
             "load_average_before": load_before,
             "load_average_after": load_after,

@@ -9,7 +9,7 @@ from django.db import models
 from django.db.models.functions import Now
 
 from eventbus.compat import db_default
-from eventbus.event import DEAD, DONE, FAILED, PENDING, RUNNABLE
+from eventbus.event import DEAD, DONE, FAILED, PENDING
 
 
 class PayloadField(models.JSONField):
@@ -32,7 +32,12 @@ class PayloadField(models.JSONField):
 
 
 class EventRecord(models.Model):
-    """One row per event, written by the channel triggers in the writer's transaction."""
+    """One row per event, written by the channel triggers in the writer's transaction.
+
+    The table is partitioned (``eventbus.storing``): pending and failed events in a small
+    queue, done ones in history partitions by time, dead ones apart. Its ``slot`` column,
+    the queue slot, is the storage's own and not a field.
+    """
 
     class State(models.TextChoices):
         PENDING = PENDING
@@ -78,37 +83,8 @@ class EventRecord(models.Model):
     class Meta:
         db_table = "eventbus_event"
         verbose_name = "event"
-        indexes = [
-            # The claim: runnable events in id order. Partial, so done history is free.
-            models.Index(
-                fields=["id"],
-                name="eventbus_event_runnable",
-                condition=models.Q(state__in=RUNNABLE),
-            ),
-            # Ordered channels: "is an older event of this key still runnable?" Only their
-            # events are flagged, so other channels' inserts skip this index entirely.
-            models.Index(
-                fields=["channel", "key", "id"],
-                name="eventbus_event_key_runnable",
-                condition=models.Q(state__in=RUNNABLE, ordered=True),
-            ),
-            # Purging history by age.
-            models.Index(
-                fields=["finished_at"],
-                name="eventbus_event_finished",
-                condition=models.Q(state__in=(DONE, DEAD)),
-            ),
-            # recover --dead and operators.
-            models.Index(
-                fields=["channel", "id"], name="eventbus_event_dead", condition=models.Q(state=DEAD)
-            ),
-            # A collection's members (events tree, the status API). Roots are found by id.
-            models.Index(
-                fields=["correlation_id"],
-                name="eventbus_event_collection",
-                condition=models.Q(correlation_id__isnull=False),
-            ),
-        ]
+        # Partitioned, with indexes of its own (eventbus.storing.layout): the queue's by
+        # id and key, history's by id, dead letters' by channel, and collections.
 
     def __str__(self) -> str:
         return f"event {self.id} ({self.channel}, {self.state})"

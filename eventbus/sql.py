@@ -17,6 +17,7 @@ from psycopg import sql
 
 from eventbus.event import DEAD, DONE, FAILED, PENDING, RUNNABLE
 from eventbus.running import followers
+from eventbus.storing.layout import COLUMNS
 
 TABLE = sql.Identifier("eventbus_event")
 LEDGER = sql.Identifier("eventbus_inflight")  # the crash ledger, eventbus.models.InflightRecord
@@ -394,33 +395,84 @@ def _where(scope: Scope) -> tuple[sql.Composable, dict[str, Any]]:
     return sql.SQL(" AND ").join(parts), params
 
 
-# Each done event with how long its last attempt took (seconds, in the order of ids).
-_MARK_DONE = (
-    "UPDATE {table} AS e SET state = {done}, attempts = e.attempts + 1, "
-    "first_claimed_at = coalesce(e.first_claimed_at, now()), finished_at = clock_timestamp(), "
-    "worker = %(worker)s, duration = d.seconds "
-    "FROM unnest(%(id_list)s::bigint[], %(seconds)s::float8[]) AS d(id, seconds) "
-    # `= ANY` as well: the planner then finds the rows by primary key, not by a scan of
-    # the whole table joined to the batch (which halved the drain rate, measured).
-    "WHERE e.id = ANY(%(ids)s) AND e.id = d.id"
-)
-MARK_DONE = sql.SQL(_MARK_DONE).format(table=TABLE, done=sql.Literal(DONE))
+# --- Marks: every state change the engine makes moves the row (eventbus.storing) --------
+#
+# A mark deletes the event where it is and inserts it again, same id, with its new
+# state: a done event lands in the history partition of its finish time, a dead one
+# among the dead letters, a failed one in the queue's current slot. A claim that meets
+# a deleted row skips it, as it skips a locked one (an UPDATE that moved the row between
+# partitions would make that claim fail instead). The DELETE names the states the
+# events were claimed in, so that it looks only where they can be (the queue, unless a
+# replay took history).
 
-MARK_ERRORS = sql.SQL(
-    "UPDATE {table} AS e SET state = f.state, attempts = e.attempts + 1, "
-    "first_claimed_at = coalesce(e.first_claimed_at, now()), "
-    "finished_at = CASE WHEN f.state = 'dead' THEN clock_timestamp() END, "
-    "run_after = clock_timestamp() + make_interval(secs => f.delay), "
-    "worker = %(worker)s, last_error = f.error, "
-    "errors = e.errors || jsonb_build_array(jsonb_build_object("
+
+def _moved(changes: dict[str, str]) -> sql.Composable:
+    """The columns of a moved event `e`, with `changes` (column: SQL expression)."""
+    unknown = set(changes) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"not event columns: {sorted(unknown)}")
+    return sql.SQL(", ").join(
+        sql.SQL(changes[c]) if c in changes else sql.SQL("e.{}").format(sql.Identifier(c))
+        for c in COLUMNS
+    )
+
+
+def _move(
+    source: sql.Composable, changes: dict[str, str], join: str = "", ctes: str = ""
+) -> sql.Composed:
+    """WITH …, gone AS (DELETE the rows `source` selects) INSERT them again, changed."""
+    return sql.SQL(
+        "WITH {ctes}gone AS (DELETE FROM {table} AS e WHERE {source} RETURNING e.*) "
+        "INSERT INTO {table} ({columns}) SELECT {values} FROM gone AS e {join}"
+    ).format(
+        ctes=sql.SQL(ctes),
+        table=TABLE,
+        source=source,
+        columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
+        values=_moved(changes),
+        join=sql.SQL(join),
+    )
+
+
+# Each done event with how long its last attempt took (seconds, in the order of ids).
+_DONE_CHANGES = {
+    "state": f"'{DONE}'",
+    "attempts": "e.attempts + 1",
+    "first_claimed_at": "coalesce(e.first_claimed_at, now())",
+    "finished_at": "clock_timestamp()",
+    "worker": "%(worker)s",
+    "duration": "d.seconds",
+}
+_DONE_DURATIONS = (
+    "d AS (SELECT * FROM unnest(%(id_list)s::bigint[], %(seconds)s::float8[]) AS d(id, seconds)), "
+)
+
+_ERROR_CHANGES = {
+    "state": "f.state",
+    "attempts": "e.attempts + 1",
+    "first_claimed_at": "coalesce(e.first_claimed_at, now())",
+    "finished_at": f"CASE WHEN f.state = '{DEAD}' THEN clock_timestamp() END",
+    "run_after": "clock_timestamp() + make_interval(secs => f.delay)",
+    "worker": "%(worker)s",
+    "last_error": "f.error",
+    "errors": "e.errors || jsonb_build_array(jsonb_build_object("
     "'attempt', e.attempts + 1, 'at', clock_timestamp(), 'worker', %(worker)s, "
-    "'seconds', round(f.seconds::numeric, 4), 'error', left(f.error, %(entry_chars)s))), "
-    "transient_errors = e.transient_errors + f.transient::int "
-    "FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(delays)s::float8[], "
+    "'seconds', round(f.seconds::numeric, 4), 'error', left(f.error, %(entry_chars)s)))",
+    "transient_errors": "e.transient_errors + f.transient::int",
+}
+_ERROR_OUTCOMES = (
+    "f AS (SELECT * FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(delays)s::float8[], "
     "%(errors)s::text[], %(transient)s::bool[], %(seconds)s::float8[]) "
-    "AS f(id, state, delay, error, transient, seconds) "
-    "WHERE e.id = f.id"
-).format(table=TABLE)
+    "AS f(id, state, delay, error, transient, seconds)), "
+)
+
+
+def _claimed_in(states: Sequence[str], ids: str) -> sql.Composable:
+    # `= ANY` finds the rows by id in each partition the states allow, nowhere else.
+    return sql.SQL("e.id = ANY({ids}) AND {states}").format(
+        ids=sql.SQL(ids), states=_in("e.state", tuple(states))
+    )
+
 
 ERROR_ENTRY_CHARS = 2000
 
@@ -474,12 +526,6 @@ _ROLLUP_CTE = sql.SQL(
     "EXCLUDED.histogram) WITH ORDINALITY AS h(a, b, n)))"
 ).format(rollup=ROLLUP)
 
-MARK_DONE_ROLLUP = sql.SQL("WITH {rollup} " + _MARK_DONE).format(
-    rollup=_ROLLUP_CTE, table=TABLE, done=sql.Literal(DONE)
-)
-
-MARK_ERRORS_ROLLUP = sql.SQL("WITH {rollup} {mark}").format(rollup=_ROLLUP_CTE, mark=MARK_ERRORS)
-
 
 @dataclass(frozen=True)
 class ErrorMark:
@@ -496,10 +542,11 @@ def mark_done(
     ids: Sequence[int],
     rollup: RollupRows | None = None,
     seconds: Sequence[float] | None = None,
+    states: Sequence[str] = RUNNABLE,
 ) -> tuple[sql.Composed, Any]:
     """Make the events done, each with how long its attempt took (`seconds`, in the
-    order of `ids`); with `rollup`, add the batch to the dashboard's rollup in the same
-    statement (see `RollupRows`)."""
+    order of `ids`); `states`: those they were claimed in. With `rollup`, add the batch to
+    the dashboard's rollup in the same statement (see `RollupRows`)."""
     params = {
         "worker": worker,
         "ids": list(ids),
@@ -509,16 +556,23 @@ def mark_done(
         if seconds is not None
         else "{" + ",".join("NULL" for _ in ids) + "}",
     }
-    if rollup is None:
-        return MARK_DONE, params
-    return MARK_DONE_ROLLUP, {**params, **rollup.params()}
+    ctes = _DONE_DURATIONS
+    if rollup is not None:
+        ctes = _ROLLUP_CTE.as_string(None) + ", " + ctes
+        params = {**params, **rollup.params()}
+    query = _move(_claimed_in(states, "%(ids)s"), _DONE_CHANGES, "JOIN d ON d.id = e.id", ctes)
+    return query, params
 
 
 def mark_errors(
-    worker: str, marks: Sequence[ErrorMark], rollup: RollupRows | None = None
+    worker: str,
+    marks: Sequence[ErrorMark],
+    rollup: RollupRows | None = None,
+    states: Sequence[str] = RUNNABLE,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """Record each failed attempt: new state, when to run again, and the error history;
-    with `rollup`, add the batch to the dashboard's rollup in the same statement."""
+    `states`: those the events were claimed in. With `rollup`, add the batch to the
+    dashboard's rollup in the same statement."""
     params = {
         "worker": worker,
         "entry_chars": ERROR_ENTRY_CHARS,
@@ -529,9 +583,12 @@ def mark_errors(
         "transient": [m.transient for m in marks],
         "seconds": [float(m.seconds) for m in marks],
     }
-    if rollup is None:
-        return MARK_ERRORS, params
-    return MARK_ERRORS_ROLLUP, {**params, **rollup.params()}
+    ctes = _ERROR_OUTCOMES
+    if rollup is not None:
+        ctes = _ROLLUP_CTE.as_string(None) + ", " + ctes
+        params = {**params, **rollup.params()}
+    query = _move(_claimed_in(states, "%(ids)s"), _ERROR_CHANGES, "JOIN f ON f.id = e.id", ctes)
+    return query, params
 
 
 # --- Operators: re-queue, purge, status ------------------------------------------------
@@ -696,14 +753,21 @@ SILENT_WORKERS = sql.SQL(
 
 def discard(ids: Sequence[int], reason: str) -> tuple[sql.Composed, dict[str, Any]]:
     """Make pending or failed events dead with `reason`; skip any a worker holds now."""
-    query = sql.SQL(
-        "UPDATE {table} AS e SET state = {dead}, finished_at = clock_timestamp(), "
-        "last_error = %(reason)s, errors = e.errors || jsonb_build_array(jsonb_build_object("
-        "'attempt', e.attempts, 'at', clock_timestamp(), 'worker', NULL, 'error', %(reason)s)) "
-        "WHERE e.id IN (SELECT id FROM {table} WHERE id = ANY(%(ids)s) AND {runnable} "
-        "FOR UPDATE SKIP LOCKED) RETURNING e.id"
-    ).format(table=TABLE, dead=sql.Literal(DEAD), runnable=_in("state", RUNNABLE))
-    return query, {"ids": list(ids), "reason": reason}
+    source = sql.SQL(
+        "e.id IN (SELECT id FROM {table} WHERE id = ANY(%(ids)s) AND {runnable} "
+        "FOR UPDATE SKIP LOCKED) AND {runnable_e}"
+    ).format(table=TABLE, runnable=_in("state", RUNNABLE), runnable_e=_in("e.state", RUNNABLE))
+    changes = {
+        "state": f"'{DEAD}'",
+        "finished_at": "clock_timestamp()",
+        "last_error": "%(reason)s",
+        "errors": "e.errors || jsonb_build_array(jsonb_build_object('attempt', e.attempts, "
+        "'at', clock_timestamp(), 'worker', NULL, 'error', %(reason)s))",
+    }
+    return sql.SQL("{} RETURNING id").format(_move(source, changes)), {
+        "ids": list(ids),
+        "reason": reason,
+    }
 
 
 def publish(
@@ -850,14 +914,14 @@ BACKFILL = sql.SQL(
 FAN_OUT = sql.SQL(
     "WITH moved AS (DELETE FROM {table} AS e WHERE e.id IN (SELECT id FROM {table} "
     "WHERE channel = %(channel)s AND {runnable} ORDER BY id LIMIT %(limit)s "
-    "FOR UPDATE SKIP LOCKED) RETURNING e.*), "
+    "FOR UPDATE SKIP LOCKED) AND {runnable_e} RETURNING e.*), "
     "copied AS (INSERT INTO {table} "
     "(channel, operation, table_name, key, old, new, ordered, created_at) "
     "SELECT q.queue, m.operation, m.table_name, m.key, m.old, m.new, m.ordered, m.created_at "
     "FROM moved AS m CROSS JOIN unnest(%(queues)s::text[]) WITH ORDINALITY AS q(queue, n) "
     "ORDER BY m.id, q.n RETURNING id) "
     "SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM copied)"
-).format(table=TABLE, runnable=_in("state", RUNNABLE))
+).format(table=TABLE, runnable=_in("state", RUNNABLE), runnable_e=_in("e.state", RUNNABLE))
 
 
 # --- Installed triggers (eventbus.declaring.installed) -------------------------------------------

@@ -189,7 +189,7 @@ def test_a_handler_that_kills_its_process_is_made_dead_and_the_rest_run(
 def test_an_event_whose_outcome_cannot_be_recorded_goes_dead_and_the_rest_commit(
     tmp_path: Path,
 ) -> None:
-    """Marking fails for one event (a trigger refuses its UPDATE): the batch is rolled
+    """Marking fails for one event (a trigger refuses its done row): the batch is rolled
     back and run again event by event; that event is made dead with the reason, the
     others commit, and the batch never raises into the worker."""
     effects = str(tmp_path / "effects")
@@ -202,7 +202,7 @@ def test_an_event_whose_outcome_cannot_be_recorded_goes_dead_and_the_rest_commit
             "RAISE EXCEPTION 'event % may not be done', NEW.id; END IF; RETURN NEW; END $$"
         )
         cursor.execute(
-            "CREATE TRIGGER containment_refuse BEFORE UPDATE ON eventbus_event "
+            "CREATE TRIGGER containment_refuse BEFORE INSERT OR UPDATE ON eventbus_event "
             "FOR EACH ROW EXECUTE FUNCTION containment_refuse()"
         )
     try:

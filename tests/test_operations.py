@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from eventbus.models import EventRecord
+from eventbus.storing import upkeep
 from tests.support import Listener, database_url, manage, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -123,12 +124,16 @@ def test_events_purge_deletes_old_finished_history_in_batches() -> None:
 def test_the_listener_purges_expired_done_events_in_the_background(
     start_listener: Callable[..., Listener],
 ) -> None:
-    expired = put("done", finished_at=timezone.now() - timedelta(hours=2))
+    """Retention drops whole history partitions: the day of an event two days old is
+    dropped with a day's retention; today's stays, and dead events are not history."""
+    two_days_ago = timezone.now() - timedelta(days=2)
+    expired = put("done", finished_at=two_days_ago)
     kept = put("done", finished_at=timezone.now())
-    dead = put("dead", finished_at=timezone.now() - timedelta(hours=2))
+    dead = put("dead", finished_at=two_days_ago)
+    upkeep.prepare_history(86400, since=two_days_ago)  # that day's partition, made then
     listener = start_listener(
         workers=1,
-        env_extra={"EVENTBUS_DONE_RETENTION": "3600", "EVENTBUS_PURGE_INTERVAL": "0.2"},
+        env_extra={"EVENTBUS_DONE_RETENTION": "86400", "EVENTBUS_PURGE_INTERVAL": "0.2"},
     )
     wait_until(
         lambda: not EventRecord.objects.filter(pk=expired.pk).exists(),
@@ -136,4 +141,9 @@ def test_the_listener_purges_expired_done_events_in_the_background(
         what="the expired done event to be purged",
     )
     assert EventRecord.objects.filter(pk__in=[kept.pk, dead.pk]).count() == 2
-    wait_until(lambda: "purged 1 done event(s) older than 3600 s" in listener.log(), 5)
+    wait_until(
+        lambda: (
+            "dropped 1 done event(s) older than 86400 s with their partitions" in listener.log()
+        ),
+        5,
+    )

@@ -1,4 +1,5 @@
-"""The claim stays an index scan when the table is mostly history (1,000,000 done events)."""
+"""The claim reads only the queue, by index, when the table is mostly history (1,000,000
+done events): history lives in partitions that the claim's states prune away."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from django.db import connection
 from psycopg import sql
 
 from eventbus import sql as queries
+from eventbus.storing import layout
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -45,28 +47,39 @@ def history() -> None:
         cursor.execute("ANALYZE eventbus_event")
 
 
-def scans(plan: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+def scans(plan: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
     return [
-        (n["Node Type"], n.get("Index Name"))
+        (n["Node Type"], n["Relation Name"], n.get("Index Name"))
         for n in plan
-        if n.get("Relation Name") == "eventbus_event" or "Index Name" in n
+        if "Relation Name" in n
     ]
 
 
-def test_the_claim_uses_the_runnable_index_not_a_table_scan(history: None) -> None:
+QUEUE = set(layout.SLOTS)
+
+
+def test_the_claim_reads_the_queue_by_index_and_never_history(history: None) -> None:
     query, params = queries.claim(queries.Scope(ordered_channels=("post_edited",)), 500)
+    with connection.cursor() as cursor:
+        cursor.execute(queries.PIN_CLAIM_PLAN)  # as the executor claims
     found = scans(explain(query, params))
-    assert ("Seq Scan", None) not in found, found
-    assert any(index == "eventbus_event_runnable" for _, index in found), found
-    # Every index of the event table read is a partial index of runnable events (the
-    # planner picks which for the ordered-key check); never the primary key, which would
-    # walk the done history. The crash ledger is looked up by its own primary key.
-    used = {index for _, index in found if index}
-    allowed = {"eventbus_event_runnable", "eventbus_event_key_runnable", "eventbus_inflight_pkey"}
-    assert used <= allowed, found
+    read = {relation for _, relation, _ in found}
+    # The queue's slots, and the crash ledger looked up by its own primary key: never a
+    # history partition, never the dead letters.
+    assert read <= QUEUE | {"eventbus_inflight"}, found
+    # Each slot is walked in id order by its index (the ordered-key check may read a
+    # slot as the planner likes: the queue is small).
+    walked = {relation for node, relation, index in found if index == f"{relation}_id_idx"}
+    assert walked == QUEUE, found
 
 
-def test_the_backlog_query_reads_only_runnable_events(history: None) -> None:
+def test_the_backlog_query_reads_only_the_queue(history: None) -> None:
     found = scans(explain(queries.BACKLOG, None))
-    assert ("Seq Scan", None) not in found, found
-    assert any(index == "eventbus_event_runnable" for _, index in found), found
+    assert {relation for _, relation, _ in found} <= QUEUE, found
+
+
+def test_a_mark_looks_for_its_events_in_the_queue_only(history: None) -> None:
+    query, params = queries.mark_done("w", [1, 2, 3], None, [0.1, 0.1, 0.1])
+    found = scans(explain(query, params))
+    deleted_from = {r for node, r, _ in found if r not in ("eventbus_event",)}
+    assert deleted_from <= QUEUE, found

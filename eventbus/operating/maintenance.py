@@ -1,4 +1,8 @@
-"""Operator actions on the event table: re-queue failed or dead events, purge history."""
+"""Operator actions on the event table: re-queue failed or dead events, purge history.
+
+An operator's purge deletes rows (a chosen channel, state or age); the listeners'
+retention drops whole history partitions instead (``purge_expired``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from django.utils import timezone
 
 from eventbus import sql
 from eventbus.event import DEAD, DONE, FAILED
+from eventbus.storing import upkeep
 
 REQUEUABLE = (FAILED, DEAD)
 PURGEABLE = (DONE, DEAD)
@@ -85,18 +90,15 @@ def purgeable(
         return {(channel, state): count for channel, state, count in cursor.fetchall()}
 
 
-PURGE_LOCK = 0x65766275  # one purger at a time across all listeners ("evbu")
-
-
-def purge_expired(retention_seconds: float, alias: str = "default", max_batches: int = 20) -> int:
-    """The listener's background purge of done events older than the retention.
-
-    Whichever worker gets the advisory lock purges a batch; the others skip it. Bounded
-    per round, so a large backlog of history is worked off over several rounds.
-    """
-    before = timezone.now() - timedelta(seconds=retention_seconds)
-    scope = sql.Scope(states=(DONE,), due_only=False)
-    return purge(scope, before, max_batches=max_batches, alias=alias, lock=PURGE_LOCK)
+def purge_expired(
+    retention_seconds: float, alias: str = "default", now: datetime | None = None
+) -> int:
+    """The listeners' retention of done events: whole history partitions that ended more
+    than `retention_seconds` ago are truncated and dropped (eventbus.storing); no row is
+    deleted, so retention adds no write load and leaves nothing for VACUUM. Done events
+    are kept at least the retention, and at most one partition span more."""
+    before = (now or timezone.now()) - timedelta(seconds=retention_seconds)
+    return upkeep.expire_history(before, alias)
 
 
 def discard(ids: list[int], reason: str, alias: str = "default") -> list[int]:

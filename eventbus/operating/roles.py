@@ -2,7 +2,9 @@
 
 A listener needs to claim, mark, publish and purge events (the event table), send
 heartbeats (the worker table), and whatever its handlers read or write. Nothing else: no
-DDL, no tables beyond those named, no ownership. Triggers run with the writer's rights, so
+DDL, no tables beyond those named, no ownership. The storage's upkeep (queue rotation,
+history partitions) is DDL, so it runs in functions owned by the tables' owner, which
+the role may execute. Triggers run with the writer's rights, so
 a handler that updates a table with a channel trigger also needs INSERT on the event
 table, which the role has.
 """
@@ -24,6 +26,7 @@ from eventbus.models import (
     TaskResultRecord,
     WorkerRecord,
 )
+from eventbus.storing import layout
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 READ = ("SELECT",)
@@ -98,6 +101,17 @@ def listener_role(
             "the limit of alerts on death; the dashboard's rollup; pauses"
         ),
         grant(WRITE, [m._meta.db_table for m in ENGINE_MODELS]),
+        sql.SQL(
+            "-- keep the storage small: rotate the queue, make and drop history partitions "
+            "(functions that run as the tables' owner)"
+        ),
+        sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {};").format(
+            sql.SQL(", ").join(
+                sql.SQL("{}.{}").format(sql.Identifier(schema), sql.SQL(signature))
+                for signature in layout.FUNCTIONS
+            ),
+            r,
+        ),
     ]
     for comment, privileges, labels in (
         ("what the handlers read", READ, read),

@@ -266,7 +266,7 @@ class Executor:
                         # no handler wrote), and none outlives the claim (run_events runs
                         # in a test's own transaction).
                         self._pipeline.caused_by(None, None)
-                        self._mark(outcomes)
+                        self._mark(outcomes, scope.states)
                     finally:
                         self._pipeline = None
         except (_RunAlone, LedgerUnavailable):
@@ -319,7 +319,7 @@ class Executor:
             outcome = Outcome(event.id, event.queue, event.attempt, DEAD, reason, 0.0)
             mark = sql.ErrorMark(event.id, DEAD, 0, reason)
             counted = rollup.rows([outcome], self.writer) if self.settings.ROLLUP else None
-            cursor.execute(*sql.mark_errors(self.worker_name, [mark], counted))
+            cursor.execute(*sql.mark_errors(self.worker_name, [mark], counted, scope.states))
             if followers.watched:
                 cursor.execute(sql.NOTIFY_CHANGES)
         return [outcome]
@@ -707,7 +707,8 @@ class Executor:
                 extra={"event_id": event.id, "channel": event.queue},
             )
 
-    def _mark(self, outcomes: list[Outcome]) -> None:
+    def _mark(self, outcomes: list[Outcome], states: tuple[str, ...]) -> None:
+        """Record the outcomes of events claimed in `states` (where their rows are)."""
         finished = [o for o in outcomes if o.status == DONE]
         done = [o.event_id for o in finished]
         errors = [
@@ -720,10 +721,10 @@ class Executor:
         with connections[self.alias].cursor() as cursor:
             if done:
                 seconds = [o.seconds for o in finished]
-                cursor.execute(*sql.mark_done(self.worker_name, done, rollup_rows, seconds))
+                cursor.execute(*sql.mark_done(self.worker_name, done, rollup_rows, seconds, states))
                 rollup_rows = None
             if errors:
-                cursor.execute(*sql.mark_errors(self.worker_name, errors, rollup_rows))
+                cursor.execute(*sql.mark_errors(self.worker_name, errors, rollup_rows, states))
             # Only while someone follows: a notifying commit takes a cluster-wide lock
             # (see eventbus.running.followers). Delivered at this transaction's commit.
             self._announced = followers.watched

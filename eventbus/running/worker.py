@@ -32,6 +32,8 @@ from eventbus.running.liveness import Liveness
 from eventbus.running.notifier import Notifier
 from eventbus.running.slots import Slots
 from eventbus.sql import Scope
+from eventbus.storing import upkeep
+from eventbus.storing.upkeep import Rotation
 
 log = logging.getLogger("eventbus.worker")
 
@@ -48,6 +50,7 @@ CONNECTION_ERRORS = (
     LedgerUnavailable,
 )
 BEAT_INTERVAL = 1.0  # seconds between progress beats to the supervisor while idle
+ROTATION_INTERVAL = 1.0  # seconds between checks whether the queue slot is due to rotate
 LOOK_INTERVAL = 0.25  # seconds between looks for a follower's hello while draining
 
 
@@ -61,6 +64,8 @@ class WorkerOptions:
     health_interval: float = 10.0  # seconds between pings through the listen connection
     done_retention: float | None = None  # seconds; None: keep done events forever
     purge_interval: float = 60.0
+    queue_slot_bytes: int = 4 * 1024 * 1024  # a queue slot this large is rotated out
+    history_partition: int = 86400  # seconds of finish times per history partition
     concurrency: int = 1  # handler slots (threads) per process; see eventbus.running.slots
 
 
@@ -106,6 +111,8 @@ class Worker:
         self._first_heartbeat = True  # this process's first: it (re)starts the row
         self._parent_pid = os.getppid()
         self._next_purge = time.monotonic() + options.purge_interval
+        self._next_rotation = 0.0
+        self.rotation = Rotation(options.queue_slot_bytes, options.alias, self.name)
         self._last_heartbeat = 0.0
         self._notifier: Notifier | None = None
         self._next_look = 0.0  # when a drain next looks for a follower's hello
@@ -175,6 +182,7 @@ class Worker:
                             next_poll = time.monotonic() + self.options.poll_interval
                         elif self.slots is not None:
                             self._heartbeat_if_due()
+                        self._rotate_if_due()
                         self._purge_if_due()
             except CONNECTION_ERRORS as exc:
                 self._notifier = None
@@ -236,6 +244,7 @@ class Worker:
             self._look_for_followers()
             self._refresh_pauses_if_due()  # a pause holds within a poll interval, even now
             self._sample_if_due()  # a backlog being drained is the one worth charting
+            self._rotate_if_due()  # under load most of all: the queue grows fastest then
             outcomes = self.executor.run_batch(self.scope, self.options.batch_size)
             if not outcomes:  # not "fewer than a batch": ordered keys release one at a time
                 break
@@ -248,18 +257,28 @@ class Worker:
         with connections[self.options.alias].cursor() as cursor:
             backfill.fan_out(self.channels, cursor)
 
+    def _rotate_if_due(self) -> None:
+        """Keep the queue small (eventbus.storing): a size check every ROTATION_INTERVAL."""
+        if time.monotonic() < self._next_rotation:
+            return
+        self._next_rotation = time.monotonic() + ROTATION_INTERVAL
+        self.rotation.run()
+
     def _purge_if_due(self) -> None:
         if time.monotonic() < self._next_purge:
             return
         self._next_purge = time.monotonic() + self.options.purge_interval
         self._fan_out()
         rollup.purge_expired(self.executor.settings.ROLLUP_RETENTION, self.options.alias)
+        made = upkeep.prepare_history(self.options.history_partition, self.options.alias)
+        if made:
+            log.info("worker %s made %d history partition(s) ahead", self.name, made)
         if self.options.done_retention is None:
             return
         purged = maintenance.purge_expired(self.options.done_retention, self.options.alias)
         if purged:
             log.info(
-                "worker %s purged %d done event(s) older than %.0f s",
+                "worker %s dropped %d done event(s) older than %.0f s with their partitions",
                 self.name,
                 purged,
                 self.options.done_retention,

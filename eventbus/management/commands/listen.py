@@ -84,6 +84,8 @@ class Command(BaseCommand):
             health_interval=settings.HEALTH_INTERVAL,
             done_retention=settings.DONE_RETENTION,
             purge_interval=settings.PURGE_INTERVAL,
+            queue_slot_bytes=settings.QUEUE_SLOT_BYTES,
+            history_partition=settings.HISTORY_PARTITION,
             concurrency=options["concurrency"],
         )
         logs.configure(options["log_format"])

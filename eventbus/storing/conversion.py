@@ -1,0 +1,228 @@
+"""The online move of an installation's single event table into the partitioned layout.
+
+Listeners and writers keep running while history is copied; they wait only for the
+final step, which takes the old table's ACCESS EXCLUSIVE lock, copies what changed
+since (the pending and failed events, and what finished during the copy), swaps the
+names and drops the old table. Code of the previous release keeps working on the new
+table (its marks are UPDATEs that PostgreSQL turns into moves between partitions), so
+listeners may be upgraded before or after.
+
+Events deleted from the old table while history was being copied (an operator's purge)
+are copied all the same; retention drops them with their partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from psycopg import sql
+
+from eventbus.event import DEAD, DONE, FAILED, PENDING
+from eventbus.storing import layout
+
+log = logging.getLogger("eventbus.storage")
+
+NEXT = "eventbus_event_next"
+OLD = "eventbus_event_old"
+PLAIN = "eventbus_event_plain"
+HISTORY_SPAN = 86400  # the migration's partitions; listeners use HISTORY_PARTITION
+BATCH = 20_000
+WINDOW_LOCK_WAIT = "10s"
+
+_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, layout.COLUMNS))
+
+
+def _copy(where: str) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {next} ({cols}) SELECT {cols} FROM {table} AS e WHERE {where}"
+    ).format(
+        next=sql.Identifier(NEXT),
+        cols=_COLUMNS,
+        table=sql.Identifier(layout.TABLE),
+        where=sql.SQL(where),
+    )
+
+
+# What the final step copies: every event that is not history finished before `upto`.
+# Each part is served by one of the old table's partial indexes (runnable, finished).
+_CHANGED = (
+    f"e.state IN ('{PENDING}', '{FAILED}')",
+    f"e.state IN ('{DONE}', '{DEAD}') AND e.finished_at >= %(upto)s",
+    f"e.state IN ('{DONE}', '{DEAD}') AND e.finished_at IS NULL",
+)
+_HISTORY = (
+    f"e.state IN ('{DONE}', '{DEAD}') AND e.finished_at >= %(since)s "
+    "AND e.finished_at < %(upto)s AND e.id > %(after)s AND e.id <= %(until)s"
+)
+
+
+class Conversion:
+    """One run of the move, on a Django connection (its own transactions)."""
+
+    def __init__(self, connection: Any, say: Callable[[str], None] | None = None) -> None:
+        self.connection = connection
+        self.say = say or log.info
+
+    def _execute(self, query: Any, params: Any = None) -> list[Any]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def _atomic(self, statements: list[Any]) -> None:
+        from django.db import transaction
+
+        with transaction.atomic(using=self.connection.alias):
+            for statement in statements:
+                self._execute(statement)
+
+    def state(self) -> tuple[bool, str]:
+        [(partitioned, schema)] = self._execute(layout.IS_PARTITIONED, [layout.TABLE])
+        return bool(partitioned), str(schema)
+
+    def to_partitioned(self) -> None:
+        partitioned, schema = self.state()
+        if partitioned:
+            self._atomic(layout.functions(schema))
+            return
+        began = time.monotonic()
+        self._execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(NEXT)))
+        [(since,)] = self._execute(
+            sql.SQL("SELECT coalesce(min(finished_at), now()) FROM {} WHERE state = %s").format(
+                sql.Identifier(layout.TABLE)
+            ),
+            [DONE],
+        )
+        self._atomic([*layout.create(NEXT, layout.TABLE), *layout.functions(schema)])
+        self._prepare_history(since)
+        [(upto,)] = self._execute("SELECT now()")
+        copied = self._copy_history("-infinity", upto)
+        # Catch up with what finished meanwhile, so the final step has little to copy.
+        for _ in range(3):
+            [(later,)] = self._execute("SELECT now()")
+            caught = self._copy_history(upto, later)
+            copied += caught
+            upto = later
+            if caught < BATCH:
+                break
+        window = self._swap(upto)
+        self.say(
+            f"eventbus: event table partitioned: {copied} finished event(s) copied while "
+            f"listeners ran, then {window['rows']} in a window of {window['seconds']:.2f} s "
+            f"with the table locked ({time.monotonic() - began:.1f} s in all)"
+        )
+
+    def _prepare_history(self, since: Any) -> None:
+        """History partitions from the oldest done event's span to two spans ahead."""
+        self._execute(layout.PREPARE, [HISTORY_SPAN, 2, 60_000, since])
+
+    def _copy_history(self, since: Any, upto: Any) -> int:
+        """Copy history finished in [since, upto), a batch of ids per transaction."""
+        [(low, high)] = self._execute(
+            sql.SQL("SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM {}").format(
+                sql.Identifier(layout.TABLE)
+            )
+        )
+        copied, after = 0, low - 1
+        while after < high:
+            until = after + BATCH
+            with self.connection.cursor() as cursor:
+                cursor.execute(
+                    _copy(_HISTORY),
+                    {"since": since, "upto": upto, "after": after, "until": until},
+                )
+                copied += cursor.rowcount
+            after = until
+        return copied
+
+    def _swap(self, upto: Any) -> dict[str, Any]:
+        from django.db import transaction
+
+        table, nxt = sql.Identifier(layout.TABLE), sql.Identifier(NEXT)
+        with transaction.atomic(using=self.connection.alias):
+            started = time.monotonic()
+            self._execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(WINDOW_LOCK_WAIT))
+            )
+            self._execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+            rows = 0
+            for where in _CHANGED:
+                self._execute(
+                    sql.SQL(
+                        "DELETE FROM {next} WHERE id IN (SELECT e.id FROM {table} AS e WHERE {w})"
+                    ).format(next=nxt, table=table, w=sql.SQL(where)),
+                    {"upto": upto},
+                )
+                with self.connection.cursor() as cursor:
+                    cursor.execute(_copy(where), {"upto": upto})
+                    rows += cursor.rowcount
+            [(last,)] = self._execute(
+                sql.SQL(
+                    "SELECT greatest((SELECT max(id) FROM {table}), pg_sequence_last_value("
+                    "pg_get_serial_sequence({name}, 'id')::regclass))"
+                ).format(table=table, name=sql.Literal(layout.TABLE))
+            )
+            if last:
+                self._execute(
+                    "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s, true)", [NEXT, last]
+                )
+            self._execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table, sql.Identifier(OLD)))
+            self._execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(nxt, table))
+            self._execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(OLD)))
+            self._execute(
+                sql.SQL("ALTER SEQUENCE {} RENAME TO {}").format(
+                    sql.Identifier(NEXT + "_id_seq"), sql.Identifier(layout.TABLE + "_id_seq")
+                )
+            )
+            return {"rows": rows, "seconds": time.monotonic() - started}
+
+    def to_plain(self) -> None:
+        """The reverse, for ``migrate eventbus 0013``: one table again, with the indexes
+        it had then. Not online: it copies everything under the table's lock."""
+        partitioned, _ = self.state()
+        if not partitioned:
+            return
+        table, plain = sql.Identifier(layout.TABLE), sql.Identifier(PLAIN)
+        statements: list[Any] = [
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table),
+            sql.SQL(
+                "CREATE TABLE {plain} (LIKE {table} INCLUDING DEFAULTS INCLUDING IDENTITY "
+                "INCLUDING CONSTRAINTS)"
+            ).format(plain=plain, table=table),
+            sql.SQL("ALTER TABLE {} DROP COLUMN slot").format(plain),
+            sql.SQL("INSERT INTO {plain} ({cols}) SELECT {cols} FROM {table}").format(
+                plain=plain, cols=_COLUMNS, table=table
+            ),
+            sql.SQL(
+                "SELECT setval(pg_get_serial_sequence({plain}, 'id'), greatest((SELECT max(id) "
+                "FROM {table}), pg_sequence_last_value(pg_get_serial_sequence({name}, 'id')"
+                "::regclass), 1))"
+            ).format(plain=sql.Literal(PLAIN), table=table, name=sql.Literal(layout.TABLE)),
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT eventbus_event_pkey PRIMARY KEY (id)").format(
+                plain
+            ),
+            *(sql.SQL(index).format(plain) for index in _PLAIN_INDEXES),
+            sql.SQL("DROP TABLE {}").format(table),
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(plain, table),
+            sql.SQL("ALTER SEQUENCE {} RENAME TO {}").format(
+                sql.Identifier(PLAIN + "_id_seq"), sql.Identifier(layout.TABLE + "_id_seq")
+            ),
+            *layout.DROP_FUNCTIONS,
+            sql.SQL("DROP SEQUENCE IF EXISTS {}").format(sql.Identifier(layout.SLOT_SEQUENCE)),
+        ]
+        self._atomic(statements)
+
+
+# The single table's indexes at eventbus 0013 (EventRecord's Meta then).
+_PLAIN_INDEXES = (
+    f"CREATE INDEX eventbus_event_runnable ON {{}} (id) WHERE state IN ('{PENDING}', '{FAILED}')",
+    "CREATE INDEX eventbus_event_key_runnable ON {} (channel, key, id) "
+    f"WHERE state IN ('{PENDING}', '{FAILED}') AND ordered",
+    "CREATE INDEX eventbus_event_finished ON {} (finished_at) "
+    f"WHERE state IN ('{DONE}', '{DEAD}')",
+    f"CREATE INDEX eventbus_event_dead ON {{}} (channel, id) WHERE state = '{DEAD}'",
+    "CREATE INDEX eventbus_event_collection ON {} (correlation_id) "
+    "WHERE correlation_id IS NOT NULL",
+)

@@ -1,0 +1,278 @@
+"""The partitioned event table's DDL and its upkeep functions: the one place they live.
+
+The upkeep (queue rotation, history partitions) runs as SQL functions owned by the
+tables' owner (``SECURITY DEFINER``): a least-privilege listener role may call them but
+holds no DDL right itself. ``EXECUTE`` on them is revoked from ``PUBLIC``
+(``eventbus_role`` grants it). Every lock they take waits at most ``lock_wait_ms``: a
+rotation or a partition change that cannot get its lock gives up and is tried again
+later, so it never stalls the writers or the claims queued behind it for longer.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from eventbus.event import DEAD, DONE, FAILED, PENDING
+
+TABLE = "eventbus_event"
+QUEUE = "eventbus_event_queue"  # pending and failed events, LIST (slot)
+SLOTS = ("eventbus_event_queue_0", "eventbus_event_queue_1")
+SLOT_SEQUENCE = "eventbus_queue_slot"  # its last value: the slot new events go to
+DONE_HISTORY = "eventbus_event_done"  # RANGE (finished_at)
+DONE_DEFAULT = "eventbus_event_done_default"  # rows outside every span: none, normally
+DEAD_LETTERS = "eventbus_event_deadletter"
+FUNCTIONS = (
+    "eventbus_rotate_queue(bigint, integer, integer)",
+    "eventbus_prepare_history(integer, integer, integer, timestamp with time zone)",
+    "eventbus_expire_history(timestamp with time zone, integer)",
+)
+
+# Every column an event row has, but the queue slot (its default picks the current one).
+# The marks move rows by listing them; tests check this against the model's fields.
+COLUMNS = (
+    "id",
+    "channel",
+    "operation",
+    "table_name",
+    "key",
+    "ordered",
+    "old",
+    "new",
+    "state",
+    "attempts",
+    "transient_errors",
+    "created_at",
+    "run_after",
+    "first_claimed_at",
+    "finished_at",
+    "last_error",
+    "errors",
+    "worker",
+    "duration",
+    "caused_by",
+    "correlation_id",
+    "traceparent",
+)
+
+
+def _lit(*values: str) -> sql.Composable:
+    return sql.SQL(", ").join(map(sql.Literal, values))
+
+
+def create(name: str, like: str) -> list[sql.Composed]:
+    """The partitioned table `name` with the columns, defaults and identity of `like`,
+    its partitions and indexes (history partitions come from eventbus_prepare_history)."""
+    t = sql.Identifier(name)
+    return [
+        sql.SQL(
+            "CREATE TABLE {t} (LIKE {like} INCLUDING DEFAULTS INCLUDING IDENTITY "
+            "INCLUDING CONSTRAINTS) PARTITION BY LIST (state)"
+        ).format(t=t, like=sql.Identifier(like)),
+        sql.SQL(
+            "CREATE SEQUENCE IF NOT EXISTS {seq} AS smallint MINVALUE 0 MAXVALUE {top} CYCLE"
+        ).format(seq=sql.Identifier(SLOT_SEQUENCE), top=sql.Literal(len(SLOTS) - 1)),
+        sql.SQL("SELECT setval({seq}, 0, true)").format(seq=sql.Literal(SLOT_SEQUENCE)),
+        # Writers read the slot in the column default: reading a number is harmless.
+        sql.SQL("GRANT SELECT ON SEQUENCE {} TO PUBLIC").format(sql.Identifier(SLOT_SEQUENCE)),
+        sql.SQL(
+            "ALTER TABLE {t} ADD COLUMN slot smallint NOT NULL "
+            "DEFAULT pg_sequence_last_value({seq}::regclass)::smallint"
+        ).format(t=t, seq=sql.Literal(SLOT_SEQUENCE)),
+        sql.SQL(
+            "CREATE TABLE {q} PARTITION OF {t} FOR VALUES IN ({runnable}) PARTITION BY LIST (slot)"
+        ).format(q=sql.Identifier(QUEUE), t=t, runnable=_lit(PENDING, FAILED)),
+        *(
+            sql.SQL("CREATE TABLE {s} PARTITION OF {q} FOR VALUES IN ({n})").format(
+                s=sql.Identifier(slot), q=sql.Identifier(QUEUE), n=sql.Literal(n)
+            )
+            for n, slot in enumerate(SLOTS)
+        ),
+        sql.SQL(
+            "CREATE TABLE {h} PARTITION OF {t} FOR VALUES IN ({done}) "
+            "PARTITION BY RANGE (finished_at)"
+        ).format(h=sql.Identifier(DONE_HISTORY), t=t, done=sql.Literal(DONE)),
+        sql.SQL("CREATE TABLE {d} PARTITION OF {h} DEFAULT").format(
+            d=sql.Identifier(DONE_DEFAULT), h=sql.Identifier(DONE_HISTORY)
+        ),
+        sql.SQL("CREATE TABLE {d} PARTITION OF {t} FOR VALUES IN ({dead})").format(
+            d=sql.Identifier(DEAD_LETTERS), t=t, dead=sql.Literal(DEAD)
+        ),
+        # By id: the claim's walk in id order (each queue slot), and look-ups anywhere.
+        sql.SQL("CREATE INDEX eventbus_event_by_id ON {t} (id)").format(t=t),
+        # A collection's members (events tree, the status API).
+        sql.SQL(
+            "CREATE INDEX eventbus_event_by_collection ON {t} (correlation_id) "
+            "WHERE correlation_id IS NOT NULL"
+        ).format(t=t),
+        # Ordered channels: "is an older event of this key still runnable?"
+        sql.SQL(
+            "CREATE INDEX eventbus_event_queue_by_key ON {q} (channel, key, id) WHERE ordered"
+        ).format(q=sql.Identifier(QUEUE)),
+        # recover --dead and operators.
+        sql.SQL("CREATE INDEX eventbus_event_deadletter_by_channel ON {d} (channel, id)").format(
+            d=sql.Identifier(DEAD_LETTERS)
+        ),
+    ]
+
+
+# Queue rotation. The current slot takes new events; once it has reached `min_bytes`,
+# the other slot (drained: it took no new events since the last rotation) is emptied by
+# TRUNCATE, its few remaining events (failed ones waiting for a retry, say) moved to the
+# current slot first, under its ACCESS EXCLUSIVE lock (no claim holds any of them), and
+# new events go to it from then on. Returns what it did: small (not yet due), busy
+# (another session rotates), backlog (the other slot still holds more than `max_moved`
+# events: moving them would cost more than it saves), locked (a claim transaction held
+# the other slot past `lock_wait_ms`), or "rotated N" (N events moved).
+ROTATE = """
+CREATE OR REPLACE FUNCTION eventbus_rotate_queue(
+    min_bytes bigint, max_moved integer, lock_wait_ms integer)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+DECLARE
+    current_slot integer;
+    other_slot integer;
+    other_name text;
+    moved bigint;
+BEGIN
+    current_slot := pg_sequence_last_value('eventbus_queue_slot'::regclass)::integer;
+    IF pg_relation_size(('eventbus_event_queue_' || current_slot)::regclass) < min_bytes THEN
+        RETURN 'small';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('eventbus:rotate', 0)) THEN
+        RETURN 'busy';
+    END IF;
+    current_slot := pg_sequence_last_value('eventbus_queue_slot'::regclass)::integer;
+    other_slot := 1 - current_slot;
+    other_name := 'eventbus_event_queue_' || other_slot;
+    EXECUTE format('SELECT count(*) FROM (SELECT FROM %I LIMIT %s) AS s',
+        other_name, max_moved + 1) INTO moved;
+    IF moved > max_moved THEN
+        RETURN 'backlog';
+    END IF;
+    PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
+    BEGIN
+        EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', other_name);
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN 'locked';
+    END;
+    UPDATE eventbus_event_queue SET slot = current_slot WHERE slot = other_slot;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    EXECUTE format('TRUNCATE %I', other_name);
+    PERFORM setval('eventbus_queue_slot', other_slot, true);
+    RETURN 'rotated ' || moved;
+END $$
+"""
+
+# History partitions for the spans from `since`'s (now's by default) to `ahead` spans
+# after now's, each `span_seconds` long and aligned to the epoch (UTC). Each is made on
+# its own and then attached, which locks the done history against marks for a moment
+# only; done events that went to the default partition meanwhile (no partition existed)
+# move into it. A span that overlaps an existing partition (the span setting changed) is
+# skipped. Returns how many partitions it made.
+PREPARE_HISTORY = """
+CREATE OR REPLACE FUNCTION eventbus_prepare_history(
+    span_seconds integer, ahead integer, lock_wait_ms integer,
+    since timestamptz DEFAULT now())
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+DECLARE
+    lower_bound timestamptz := to_timestamp(
+        floor(extract(epoch FROM least(since, now())) / span_seconds) * span_seconds);
+    last_bound timestamptz := to_timestamp(
+        (floor(extract(epoch FROM now()) / span_seconds) + ahead) * span_seconds);
+    upper_bound timestamptz;
+    name text;
+    made integer := 0;
+BEGIN
+    PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
+    WHILE lower_bound <= last_bound LOOP
+        upper_bound := lower_bound + make_interval(secs => span_seconds);
+        name := 'eventbus_event_done_'
+            || to_char(lower_bound AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MI');
+        IF to_regclass(name) IS NULL THEN
+            BEGIN
+                EXECUTE format('CREATE TABLE %I (LIKE eventbus_event_done '
+                    'INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+                EXECUTE format('WITH m AS (DELETE FROM eventbus_event_done_default '
+                    'WHERE finished_at >= %L AND finished_at < %L RETURNING *) '
+                    'INSERT INTO %I SELECT * FROM m', lower_bound, upper_bound, name);
+                EXECUTE format('ALTER TABLE eventbus_event_done ATTACH PARTITION %I '
+                    'FOR VALUES FROM (%L) TO (%L)', name, lower_bound, upper_bound);
+                made := made + 1;
+            EXCEPTION
+                WHEN invalid_object_definition THEN NULL;  -- overlaps an existing one
+                WHEN lock_not_available THEN RETURN made;  -- again at the next round
+            END;
+        END IF;
+        lower_bound := upper_bound;
+    END LOOP;
+    RETURN made;
+END $$
+"""
+
+# Retention: every history partition that ends at or before `before` is emptied by
+# TRUNCATE (it locks only that partition, which no mark writes to any more) and then
+# dropped if its parent's lock comes within `lock_wait_ms` (else an empty table stays
+# until the next round). Done events in the default partition, which holds none
+# normally, are deleted. Returns the events removed (counted; for a partition over 64 MB,
+# the planner's estimate: a count would read it all).
+EXPIRE_HISTORY = """
+CREATE OR REPLACE FUNCTION eventbus_expire_history(before timestamptz, lock_wait_ms integer)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+DECLARE
+    part record;
+    rows_in bigint;
+    removed bigint := 0;
+BEGIN
+    PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
+    FOR part IN
+        SELECT c.relname, c.reltuples, (regexp_match(pg_get_expr(c.relpartbound, c.oid),
+            'TO \\(''([^'']+)''\\)'))[1]::timestamptz AS upper_bound
+        FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'eventbus_event_done'::regclass
+        ORDER BY 3
+    LOOP
+        CONTINUE WHEN part.upper_bound IS NULL OR part.upper_bound > before;
+        BEGIN
+            IF pg_relation_size(part.relname::regclass) > 64 * 1024 * 1024 THEN
+                rows_in := greatest(part.reltuples, 0)::bigint;  -- counting would take long
+            ELSE
+                EXECUTE format('SELECT count(*) FROM %I', part.relname) INTO rows_in;
+            END IF;
+            EXECUTE format('TRUNCATE %I', part.relname);
+            removed := removed + rows_in;
+        EXCEPTION WHEN lock_not_available THEN
+            CONTINUE;  -- a reader holds it: at the next round
+        END;
+        BEGIN
+            EXECUTE format('DROP TABLE %I', part.relname);
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;  -- empty now; dropped at a later round
+        END;
+    END LOOP;
+    DELETE FROM eventbus_event_done_default WHERE finished_at < before;
+    GET DIAGNOSTICS rows_in = ROW_COUNT;
+    RETURN removed + rows_in;
+END $$
+"""
+
+
+def functions(schema: str) -> list[sql.Composed]:
+    """Create (or replace) the upkeep functions, executable by their owner only."""
+    made = [
+        sql.SQL(source.replace("{schema}", "{}")).format(sql.Identifier(schema))
+        for source in (ROTATE, PREPARE_HISTORY, EXPIRE_HISTORY)
+    ]
+    return made + [
+        sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(sql.SQL(signature))
+        for signature in FUNCTIONS
+    ]
+
+
+DROP_FUNCTIONS = [sql.SQL("DROP FUNCTION IF EXISTS {}").format(sql.SQL(f)) for f in FUNCTIONS]
+
+ROTATE_QUEUE = "SELECT eventbus_rotate_queue(%s, %s, %s)"
+PREPARE = "SELECT eventbus_prepare_history(%s, %s, %s, coalesce(%s, now()))"
+EXPIRE = "SELECT eventbus_expire_history(%s, %s)"
+IS_PARTITIONED = (
+    "SELECT c.relkind = 'p', n.nspname FROM pg_class AS c "
+    "JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)"
+)

@@ -1,0 +1,76 @@
+"""What listeners do to keep the storage small: rotate the queue, make and drop history.
+
+Every listener calls these; the SQL functions (``eventbus.storing.layout``) make sure
+that one session at a time does the work and that none waits long for a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connections, transaction
+
+from eventbus.storing import layout
+
+log = logging.getLogger("eventbus.storage")
+
+ROTATION_LOCK_WAIT_MS = 200  # a rotation waits this long for in-flight claims, then retries
+MAX_MOVED = 1000  # a slot still holding more events than this is not rotated yet
+HISTORY_LOCK_WAIT_MS = 500
+HISTORY_AHEAD = 2  # history partitions made ahead of time, beyond the current one
+
+
+def rotate_queue(min_bytes: int, alias: str = "default") -> str:
+    """Rotate the queue's slots if the current one has reached `min_bytes`; returns what
+    happened (see layout.ROTATE)."""
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(layout.ROTATE_QUEUE, [min_bytes, MAX_MOVED, ROTATION_LOCK_WAIT_MS])
+        return str(cursor.fetchone()[0])
+
+
+def prepare_history(
+    span_seconds: int, alias: str = "default", since: datetime | None = None
+) -> int:
+    """Make the history partitions from `since`'s span (now's) to HISTORY_AHEAD spans
+    ahead; returns how many it made."""
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(layout.PREPARE, [span_seconds, HISTORY_AHEAD, HISTORY_LOCK_WAIT_MS, since])
+        return int(cursor.fetchone()[0])
+
+
+def expire_history(before: datetime, alias: str = "default") -> int:
+    """Drop the history partitions that end before `before`; returns the events removed."""
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(layout.EXPIRE, [before, HISTORY_LOCK_WAIT_MS])
+        return int(cursor.fetchone()[0])
+
+
+@dataclass
+class Rotation:
+    """A listener's view of the rotation: logs only when it becomes blocked or free."""
+
+    min_bytes: int
+    alias: str
+    worker: str
+    blocked: str | None = None
+
+    def run(self) -> str:
+        outcome = rotate_queue(self.min_bytes, self.alias)
+        if outcome.startswith("rotated"):
+            log.debug("worker %s: queue slots rotated (%s)", self.worker, outcome)
+        if outcome in ("locked", "backlog"):
+            if self.blocked != outcome:
+                log.info(
+                    "worker %s: queue rotation waits (%s)",
+                    self.worker,
+                    "a claim transaction held the drained slot"
+                    if outcome == "locked"
+                    else f"the drained slot still holds over {MAX_MOVED} events",
+                )
+            self.blocked = outcome
+        elif outcome.startswith("rotated") and self.blocked:
+            log.info("worker %s: queue rotation resumed", self.worker)
+            self.blocked = None
+        return outcome
