@@ -63,7 +63,7 @@ class Settings:
     # Storage (eventbus.storing): the queue slot size that makes it rotate (TRUNCATE frees
     # what VACUUM cannot under a held snapshot), and the span of one history partition
     # (retention drops whole partitions: done events stay up to one span longer).
-    QUEUE_SLOT_BYTES: int = 4 * 1024 * 1024
+    QUEUE_SLOT_BYTES: int = 1024 * 1024
     HISTORY_PARTITION: int = 86400
     # The dashboard's per-minute rollup (eventbus.operating.rollup): written with each
     # batch's marks unless off; purged with the done events after ROLLUP_RETENTION seconds.

@@ -93,6 +93,9 @@ def test_the_marks_list_every_column_of_an_event() -> None:
         assert {r[0] for r in cursor.fetchall()} == fields | {"slot"}
 
 
+NEVER = 1 << 40  # a slot size never reached: the call only empties the drained slot
+
+
 def test_rotation_empties_the_drained_slot_and_keeps_its_waiting_events() -> None:
     first = current_slot()
     waiting = later.publish({"n": 1})  # fails, and waits an hour for its retry
@@ -102,16 +105,16 @@ def test_rotation_empties_the_drained_slot_and_keeps_its_waiting_events() -> Non
     before = EventRecord.objects.get(pk=waiting)
     assert before.state == "failed" and where([waiting])[waiting] == first
 
-    # The first rotation only switches: the other slot is empty already.
-    assert upkeep.rotate_queue(0) == "rotated 0"
+    # The slot is full (any size is, here): new events go to the other one.
+    assert upkeep.rotate_queue(0).endswith("switched")
     assert current_slot() != first
     newer = stored.publish({})
     assert where([newer])[newer] == current_slot()
-    # The second empties the slot the events were written to; the waiting one moves.
-    assert upkeep.rotate_queue(0) == "rotated 1"
+    # The drained slot is emptied; the event waiting for its retry moves, unchanged.
+    assert upkeep.rotate_queue(NEVER) == "emptied 1"
     assert scalar(f"SELECT pg_relation_size('{first}')") == 0
     after = EventRecord.objects.get(pk=waiting)
-    assert where([waiting])[waiting] != first
+    assert where([waiting])[waiting] == current_slot()
     assert (after.state, after.attempts, after.run_after, after.last_error) == (
         before.state,
         before.attempts,
@@ -119,35 +122,33 @@ def test_rotation_empties_the_drained_slot_and_keeps_its_waiting_events() -> Non
         before.last_error,
     )
     assert EventRecord.objects.filter(pk__in=handled, state="done").count() == 50
+    assert upkeep.rotate_queue(NEVER) == "small"  # nothing to do until the slot fills
     run(stored)
     assert EventRecord.objects.get(pk=newer).state == "done"
 
 
 def test_rotation_waits_while_the_drained_slot_holds_a_backlog(monkeypatch) -> None:
-    upkeep.rotate_queue(0)
     backlog = [stored.publish({}) for _ in range(5)]
-    upkeep.rotate_queue(0)  # the backlog is now in the drained slot
-    monkeypatch.setattr(upkeep, "MAX_MOVED", 3)
-    assert upkeep.rotate_queue(0) == "backlog"
+    upkeep.rotate_queue(0)  # the backlog's slot is drained from now on
     assert set(where(backlog).values()) == {other_slot()}
+    monkeypatch.setattr(upkeep, "MAX_MOVED", 3)
+    assert upkeep.rotate_queue(0) == "backlog"  # and no switch: the other is not empty
     run(stored)
-    assert upkeep.rotate_queue(0) == "rotated 0"
+    assert upkeep.rotate_queue(NEVER) == "emptied 0"
 
 
 def test_rotation_gives_way_to_a_claim_that_holds_the_slot() -> None:
-    upkeep.rotate_queue(0)
     held = stored.publish({})
-    upkeep.rotate_queue(0)  # the event is in the drained slot now
+    upkeep.rotate_queue(0)  # the event's slot is drained from now on
     with psycopg.connect(database_url()) as worker:
         worker.execute("SELECT id FROM eventbus_event WHERE id = %s FOR UPDATE", [held])
         assert upkeep.rotate_queue(0) == "locked"  # after ROTATION_LOCK_WAIT_MS, not forever
-    assert upkeep.rotate_queue(0) == "rotated 1"
+    assert upkeep.rotate_queue(NEVER) == "emptied 1"
     assert EventRecord.objects.get(pk=held).state == "pending"
 
 
 def test_a_held_snapshot_cannot_keep_the_queue_large() -> None:
     """VACUUM may not remove what an open snapshot might still see; TRUNCATE may."""
-    upkeep.rotate_queue(0)
     first = current_slot()
     with psycopg.connect(database_url(), autocommit=True) as analytics:
         analytics.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -162,8 +163,8 @@ def test_a_held_snapshot_cannot_keep_the_queue_large() -> None:
             cursor.execute(f"VACUUM {first}")
         assert scalar(f"SELECT pg_relation_size('{first}')") == grown  # VACUUM: nothing
         assert scalar(f"SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = '{first}'")
-        upkeep.rotate_queue(0)
-        upkeep.rotate_queue(0)
+        assert upkeep.rotate_queue(0).endswith("switched")
+        assert upkeep.rotate_queue(NEVER) == "emptied 0"
         assert scalar(f"SELECT pg_relation_size('{first}')") == 0
         indexes = scalar(f"SELECT count(*) FROM pg_index WHERE indrelid = '{first}'::regclass")
         assert scalar(f"SELECT pg_indexes_size('{first}')") == 8192 * indexes  # metapages

@@ -64,7 +64,7 @@ class WorkerOptions:
     health_interval: float = 10.0  # seconds between pings through the listen connection
     done_retention: float | None = None  # seconds; None: keep done events forever
     purge_interval: float = 60.0
-    queue_slot_bytes: int = 4 * 1024 * 1024  # a queue slot this large is rotated out
+    queue_slot_bytes: int = 1024 * 1024  # a queue slot this large is rotated out
     history_partition: int = 86400  # seconds of finish times per history partition
     concurrency: int = 1  # handler slots (threads) per process; see eventbus.running.slots
 

@@ -5,9 +5,9 @@
 costs least:
 
 - ``eventbus_event_queue``: pending and failed events, in two *slots* that take turns.
-  New events go to the current slot; once it has grown past ``QUEUE_SLOT_BYTES`` the
-  other, drained slot is emptied by ``TRUNCATE`` (its few stragglers moved across first)
-  and becomes the current one. ``TRUNCATE`` frees dead rows that ``VACUUM`` may not remove
+  New events go to the current slot; once it has grown past ``QUEUE_SLOT_BYTES`` they
+  go to the other, and the slot left is emptied by ``TRUNCATE`` once it has drained (its
+  few stragglers moved across first). ``TRUNCATE`` frees dead rows that ``VACUUM`` may not remove
   while another session holds an old snapshot, so the runnable set stays small whatever
   that session does (``rotation``).
 - ``eventbus_event_done``: done events, partitioned by ``finished_at`` into spans of

@@ -108,11 +108,12 @@ class Conversion:
             if caught < BATCH:
                 break
         window = self._swap(upto)
-        self.say(
-            f"eventbus: event table partitioned: {copied} finished event(s) copied while "
-            f"listeners ran, then {window['rows']} in a window of {window['seconds']:.2f} s "
-            f"with the table locked ({time.monotonic() - began:.1f} s in all)"
-        )
+        if copied or window["rows"]:  # a fresh installation has nothing to report
+            self.say(
+                f"eventbus: event table partitioned: {copied} finished event(s) copied while "
+                f"listeners ran, then {window['rows']} in a window of {window['seconds']:.2f} s "
+                f"with the table locked ({time.monotonic() - began:.1f} s in all)"
+            )
 
     def _prepare_history(self, since: Any) -> None:
         """History partitions from the oldest done event's span to two spans ahead."""

@@ -115,14 +115,17 @@ def create(name: str, like: str) -> list[sql.Composed]:
     ]
 
 
-# Queue rotation. The current slot takes new events; once it has reached `min_bytes`,
-# the other slot (drained: it took no new events since the last rotation) is emptied by
-# TRUNCATE, its few remaining events (failed ones waiting for a retry, say) moved to the
-# current slot first, under its ACCESS EXCLUSIVE lock (no claim holds any of them), and
-# new events go to it from then on. Returns what it did: small (not yet due), busy
-# (another session rotates), backlog (the other slot still holds more than `max_moved`
-# events: moving them would cost more than it saves), locked (a claim transaction held
-# the other slot past `lock_wait_ms`), or "rotated N" (N events moved).
+# Queue rotation, in two steps that one call may both take. (1) The other slot, which
+# new events stopped going to at the last switch, is emptied by TRUNCATE once it has
+# drained (at most `max_moved` events left: a failed one waiting for its retry, say, or
+# one written by a transaction that began before the switch); those few move to the
+# current slot first, same id, same state, under the drained slot's ACCESS EXCLUSIVE
+# lock, which no claim then holds. (2) Once the drained slot is empty and the current
+# one has reached `min_bytes` (table, indexes and TOAST), new events go to the other.
+# Returns what it did: "emptied N" (N events moved), "switched", both, or why it did
+# nothing: small (not due), busy (another session rotates), backlog (the drained slot
+# holds more than `max_moved` events: moving them would cost more than waiting), locked
+# (a claim transaction held the drained slot past `lock_wait_ms`).
 ROTATE = """
 CREATE OR REPLACE FUNCTION eventbus_rotate_queue(
     min_bytes bigint, max_moved integer, lock_wait_ms integer)
@@ -132,33 +135,37 @@ DECLARE
     other_slot integer;
     other_name text;
     moved bigint;
+    done text := '';
 BEGIN
-    current_slot := pg_sequence_last_value('eventbus_queue_slot'::regclass)::integer;
-    IF pg_relation_size(('eventbus_event_queue_' || current_slot)::regclass) < min_bytes THEN
-        RETURN 'small';
-    END IF;
     IF NOT pg_try_advisory_xact_lock(hashtextextended('eventbus:rotate', 0)) THEN
         RETURN 'busy';
     END IF;
     current_slot := pg_sequence_last_value('eventbus_queue_slot'::regclass)::integer;
     other_slot := 1 - current_slot;
     other_name := 'eventbus_event_queue_' || other_slot;
-    EXECUTE format('SELECT count(*) FROM (SELECT FROM %I LIMIT %s) AS s',
-        other_name, max_moved + 1) INTO moved;
-    IF moved > max_moved THEN
-        RETURN 'backlog';
+    IF pg_relation_size(other_name::regclass) > 0 THEN
+        EXECUTE format('SELECT count(*) FROM (SELECT FROM %I LIMIT %s) AS s',
+            other_name, max_moved + 1) INTO moved;
+        IF moved > max_moved THEN
+            RETURN 'backlog';
+        END IF;
+        PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
+        BEGIN
+            EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', other_name);
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN 'locked';
+        END;
+        UPDATE eventbus_event_queue SET slot = current_slot WHERE slot = other_slot;
+        GET DIAGNOSTICS moved = ROW_COUNT;
+        EXECUTE format('TRUNCATE %I', other_name);
+        done := 'emptied ' || moved;
     END IF;
-    PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
-    BEGIN
-        EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', other_name);
-    EXCEPTION WHEN lock_not_available THEN
-        RETURN 'locked';
-    END;
-    UPDATE eventbus_event_queue SET slot = current_slot WHERE slot = other_slot;
-    GET DIAGNOSTICS moved = ROW_COUNT;
-    EXECUTE format('TRUNCATE %I', other_name);
-    PERFORM setval('eventbus_queue_slot', other_slot, true);
-    RETURN 'rotated ' || moved;
+    IF pg_total_relation_size(('eventbus_event_queue_' || current_slot)::regclass)
+            >= min_bytes THEN
+        PERFORM setval('eventbus_queue_slot', other_slot, true);
+        done := concat_ws(', ', nullif(done, ''), 'switched');
+    END IF;
+    RETURN coalesce(nullif(done, ''), 'small');
 END $$
 """
 

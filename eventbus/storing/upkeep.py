@@ -23,8 +23,8 @@ HISTORY_AHEAD = 2  # history partitions made ahead of time, beyond the current o
 
 
 def rotate_queue(min_bytes: int, alias: str = "default") -> str:
-    """Rotate the queue's slots if the current one has reached `min_bytes`; returns what
-    happened (see layout.ROTATE)."""
+    """Empty the drained queue slot, and switch slots once the current one has reached
+    `min_bytes`; returns what happened (see layout.ROTATE)."""
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         cursor.execute(layout.ROTATE_QUEUE, [min_bytes, MAX_MOVED, ROTATION_LOCK_WAIT_MS])
         return str(cursor.fetchone()[0])
@@ -58,7 +58,8 @@ class Rotation:
 
     def run(self) -> str:
         outcome = rotate_queue(self.min_bytes, self.alias)
-        if outcome.startswith("rotated"):
+        moved = outcome not in ("small", "busy", "locked", "backlog")
+        if moved:
             log.debug("worker %s: queue slots rotated (%s)", self.worker, outcome)
         if outcome in ("locked", "backlog"):
             if self.blocked != outcome:
@@ -70,7 +71,7 @@ class Rotation:
                     else f"the drained slot still holds over {MAX_MOVED} events",
                 )
             self.blocked = outcome
-        elif outcome.startswith("rotated") and self.blocked:
+        elif moved and self.blocked:
             log.info("worker %s: queue rotation resumed", self.worker)
             self.blocked = None
         return outcome
