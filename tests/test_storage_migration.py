@@ -161,3 +161,27 @@ def test_writers_go_on_during_the_move_and_lose_nothing(single_table: None) -> N
     assert len(written) >= count + 20, "the writer went on after the move"
     stored = set(EventRecord.objects.filter(pk__in=written).values_list("pk", flat=True))
     assert stored == set(written)
+
+
+def test_listeners_of_the_previous_release_keep_working_on_the_new_table() -> None:
+    """0013's engine marks with an UPDATE; PostgreSQL moves the row to its partition."""
+    pending = moved.publish({})
+    failed = moved.publish({})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE eventbus_event SET state = 'done', attempts = attempts + 1, "
+            "finished_at = clock_timestamp() WHERE id = %s",
+            [pending],
+        )
+        cursor.execute(
+            "UPDATE eventbus_event SET state = 'dead', finished_at = clock_timestamp() "
+            "WHERE id = %s",
+            [failed],
+        )
+        cursor.execute(
+            "SELECT id, tableoid::regclass::text FROM eventbus_event WHERE id = ANY(%s)",
+            [[pending, failed]],
+        )
+        places = dict(cursor.fetchall())
+    assert places[pending].startswith("eventbus_event_done_2")
+    assert places[failed] == layout.DEAD_LETTERS
