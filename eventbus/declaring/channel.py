@@ -90,6 +90,10 @@ class Channel:
             and each has its own state, attempts, backoff and dead letters, so one
             failing never re-runs another. Register each with ``@channel.on("name")``.
             Empty (default): one handler, and the queue is the channel's own name.
+        database: the Django alias of the database its model's table (and so its trigger
+            and events) lives in; default ``EVENTBUS["DATABASE_ALIAS"]``.
+            ``EVENTBUS["CHANNELS"][name]["database"]`` overrides it (README, "Channels in
+            several databases").
     """
 
     name: str
@@ -102,6 +106,7 @@ class Channel:
     timeout: float | None = None
     isolation: str = "event"
     subscriptions: Sequence[str] = ()
+    database: str | None = None
     handler: Handler | BatchHandler | None = field(default=None, repr=False)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
