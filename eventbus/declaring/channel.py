@@ -244,17 +244,22 @@ class Channel:
         return hook
 
     def publish(
-        self, payload: dict[str, Any], key: str | int | None = None, using: str = "default"
+        self, payload: dict[str, Any], key: str | int | None = None, using: str | None = None
     ) -> int:
         """Write an event of this channel from code, in the current transaction.
 
         For channels without a table behind them (``operations=()``): the event commits
         or rolls back with the caller's transaction, exactly like a trigger's. Returns its
         id (with subscriptions, one event per subscription is written; the first's id).
+        `using`: the database alias; default the channel's database, where listeners
+        claim its events.
         """
         from django.db import connections
 
         from eventbus import sql as queries
+        from eventbus.declaring import placement
+
+        using = using or placement.database_of(self.name)
 
         with connections[using].cursor() as cursor:
             cursor.execute(
