@@ -20,7 +20,8 @@ from psycopg import sql
 
 from blog.models import Post
 from eventbus.models import EventRecord
-from tests.support import Listener, database_url, manage, wait_until
+from tests.support import Listener, database_url, free_port, manage, wait_until
+from tests.test_observability import scrape, value
 
 
 @dataclass(frozen=True)
@@ -203,3 +204,26 @@ def test_the_checks_name_a_channel_whose_model_the_routers_keep_out_of_its_datab
         "(eventbus.E041) channel page_viewed lives in database 'default', but the database "
         "routers do not migrate analytics.PageView there" in check.stderr
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_paused_channel_of_the_other_database_shows_in_the_listeners_metrics(
+    other: OtherDatabase, start_listener: Callable[..., Listener]
+) -> None:
+    """`events pause --database other`: the events wait there, and the metrics of the
+    listener serving both databases count them in the backlog, under their channel."""
+    paused = manage("events", "pause", "page_viewed", "--database", "other", env=other.env)
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    port = free_port()
+    start_listener("--metrics-port", str(port), env_extra=other.env, workers=2)
+    other.view("/held")
+
+    def backlog_shows_it() -> dict | None:
+        metrics = scrape(port)
+        return metrics if value(metrics, "eventbus_backlog", channel="page_viewed") else None
+
+    metrics = wait_until(backlog_shows_it, what="page_viewed in the backlog gauge")
+    assert value(metrics, "eventbus_workers_alive") == 2  # one per database
+    resumed = manage("events", "resume", "page_viewed", "--database", "other", env=other.env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    wait_until(lambda: other.events() == [("page_viewed", "done")], what="resumed and handled")
