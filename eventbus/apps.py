@@ -13,7 +13,7 @@ class EventbusConfig(AppConfig):
         """Log out of the box, and import the listener modules so their handlers are
         registered in every process."""
         from eventbus import conf
-        from eventbus.declaring import autodetector, installed, wiring  # noqa: F401 (checks)
+        from eventbus.declaring import autodetector, installed, placement, wiring  # noqa: F401
         from eventbus.integrations import alerts  # noqa: F401 (its check)
         from eventbus.integrations.tasks import queues
         from eventbus.operating import logs

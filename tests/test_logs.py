@@ -48,7 +48,9 @@ def test_listen_without_logging_prints_its_start_and_each_state_change(
     log = listener.log()
     [supervisor] = lines_matching(log, r"eventbus\.supervisor: supervisor \d+ started")
     assert (supervisor["level"], supervisor["process"]) == ("INFO", "MainProcess")
-    [worker] = lines_matching(log, r"eventbus\.worker: worker \S+ started \(channels: all\)")
+    [worker] = lines_matching(
+        log, r"eventbus\.worker: worker \S+ on database default started \(channels: all\)"
+    )
     assert (worker["level"], worker["process"]) == ("INFO", "worker-0")
     [done] = lines_matching(log, handled)
     assert (done["level"], done["process"]) == ("INFO", "worker-0")

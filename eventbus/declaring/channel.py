@@ -90,6 +90,10 @@ class Channel:
             and each has its own state, attempts, backoff and dead letters, so one
             failing never re-runs another. Register each with ``@channel.on("name")``.
             Empty (default): one handler, and the queue is the channel's own name.
+        database: the Django alias of the database its model's table (and so its trigger
+            and events) lives in; default ``EVENTBUS["DATABASE_ALIAS"]``.
+            ``EVENTBUS["CHANNELS"][name]["database"]`` overrides it (README, "Channels in
+            several databases").
     """
 
     name: str
@@ -102,6 +106,7 @@ class Channel:
     timeout: float | None = None
     isolation: str = "event"
     subscriptions: Sequence[str] = ()
+    database: str | None = None
     handler: Handler | BatchHandler | None = field(default=None, repr=False)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
@@ -239,17 +244,22 @@ class Channel:
         return hook
 
     def publish(
-        self, payload: dict[str, Any], key: str | int | None = None, using: str = "default"
+        self, payload: dict[str, Any], key: str | int | None = None, using: str | None = None
     ) -> int:
         """Write an event of this channel from code, in the current transaction.
 
         For channels without a table behind them (``operations=()``): the event commits
         or rolls back with the caller's transaction, exactly like a trigger's. Returns its
         id (with subscriptions, one event per subscription is written; the first's id).
+        `using`: the database alias; default the channel's database, where listeners
+        claim its events.
         """
         from django.db import connections
 
         from eventbus import sql as queries
+        from eventbus.declaring import placement
+
+        using = using or placement.database_of(self.name)
 
         with connections[using].cursor() as cursor:
             cursor.execute(

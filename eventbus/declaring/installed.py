@@ -25,7 +25,8 @@ from django.db.migrations.state import ProjectState
 from pgtrigger import core
 from pgtrigger import registry as pgtrigger_registry
 
-from eventbus import conf, sql
+from eventbus import sql
+from eventbus.declaring import placement
 from eventbus.declaring.channel import ChannelTrigger
 
 PREFIX = "pgtrigger_eb_"
@@ -111,6 +112,8 @@ def compare(alias: str) -> list[Difference]:
 
 def _declared(alias: str, migrations: _Migrations) -> Iterable[Difference]:
     for model, trigger in channel_triggers():
+        if placement.database_of(trigger.channel.name) != alias:
+            continue  # another database's channel: compared there
         status, enabled = trigger.get_installation_status(model, database=alias)
         what = (
             f"The {trigger.event_operation} trigger of channel {trigger.channel.name} on "
@@ -239,11 +242,13 @@ def comparing() -> Iterator[None]:
 def check_installed(
     app_configs: Any = None, databases: list[str] | None = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-    """eventbus.E020-E022, W020-W022: the database holds the triggers the channels need."""
+    """eventbus.E020-E022, W020-W022: each database holds the triggers its channels need
+    (`check --database ALIAS`: that one; default: every database that holds channels)."""
     if not _comparing.get():
         return []
     found: list[checks.CheckMessage] = []
-    for alias in databases or [conf.get().DATABASE_ALIAS]:
+    known = set(connections.settings)  # an alias not in DATABASES is eventbus.E040's
+    for alias in databases or [a for a in placement.aliases() if a in known]:
         try:
             found += [d.as_check() for d in compare(alias)]
         except DatabaseError as exc:

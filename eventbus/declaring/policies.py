@@ -45,7 +45,7 @@ def resolve(channel_name: str, settings: conf.Settings | None = None) -> Channel
     names = dict.fromkeys([registry.base_name(channel_name), channel_name])
     for name in names:  # the channel's entry, then the subscription's
         override = settings.CHANNELS.get(name, {})
-        unknown = set(override) - {"retry", "timeout", "isolation"}
+        unknown = set(override) - {"retry", "timeout", "isolation", "database"}
         if unknown:
             raise ValueError(f"EVENTBUS['CHANNELS'][{name!r}]: unknown keys {sorted(unknown)}")
         if "retry" in override:

@@ -54,6 +54,13 @@ def add_keepalives(wrapper: BaseDatabaseWrapper) -> None:
         options.setdefault(key, value)
 
 
+def direct_url(alias: str) -> str | None:
+    """EVENTBUS_LISTEN_DATABASE_URL, for the primary alias only: it names one database,
+    and a listener serving another alias must not LISTEN to (nor log crashes into) it."""
+    settings = conf.get()
+    return settings.LISTEN_DATABASE_URL if alias == settings.DATABASE_ALIAS else None
+
+
 def connect_side(alias: str = "default") -> psycopg.Connection[Any]:
     """An autocommitted connection beside the claim connection, as Django connects.
 
@@ -65,7 +72,7 @@ def connect_side(alias: str = "default") -> psycopg.Connection[Any]:
     few entries in a server crash only forgets a few unfinished starts.
     """
     options = {"connect_timeout": 5, **KEEPALIVES}
-    url = conf.get().LISTEN_DATABASE_URL
+    url = direct_url(alias)
     if url:  # direct, beside the LISTEN connection: it is written while claims hold the pool
         conn = psycopg.connect(url, autocommit=True, application_name="eventbus-ledger", **options)
     else:
@@ -87,7 +94,7 @@ def connect_listen(
     a connection that is open but no longer delivers.
     """
     options = {"connect_timeout": 5, **KEEPALIVES}
-    url = conf.get().LISTEN_DATABASE_URL
+    url = direct_url(alias)
     if url:
         return psycopg.connect(url, autocommit=True, application_name=application_name, **options)
     params = {**options, **connection_params(connections[alias])}

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -48,24 +49,32 @@ def _worker_main(options: WorkerOptions, cells: Any) -> None:
 
 
 class Supervisor:
+    """Runs `processes` workers per database: one list of options per alias served."""
+
     def __init__(
         self,
         processes: int,
-        options: WorkerOptions,
+        options: WorkerOptions | Sequence[WorkerOptions],
         shutdown_timeout: float,
         hang_grace: float = 30.0,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
+        served = [options] if isinstance(options, WorkerOptions) else list(options)
+        if not served:
+            raise ValueError("a supervisor needs the options of at least one database")
+        # Each slot serves one database, `processes` slots per database in turn.
+        self._slot_options = [o for o in served for _ in range(processes)]
+        processes = len(self._slot_options)
         self.processes = processes
-        self.options = options
+        self.options = served[0]
         self.shutdown_timeout = shutdown_timeout
         self.hang_grace = hang_grace
         self._slots: list[BaseProcess | None] = [None] * processes
         self._liveness = [Liveness() for _ in range(processes)]
         self.restarts = 0  # workers that died or were killed, since start
         self._next_vouch = 0.0
-        self._bookkeeper = Bookkeeper(options.alias)
+        self._bookkeepers = {o.alias: Bookkeeper(o.alias) for o in served}
         self._started_at: list[float] = [0.0] * processes
         self._restart_delay: list[float] = [0.0] * processes
         self._stopping = False
@@ -107,27 +116,32 @@ class Supervisor:
         if now < self._next_vouch:
             return
         self._next_vouch = now + self.options.health_interval
-        names = [
-            f"{worker_host()}:{process.pid}"
-            for slot, process in enumerate(self._slots)
-            if process is not None
-            and process.is_alive()
-            and self._liveness[slot].overdue(VOUCH_SLACK) is None
-        ]
-        self._bookkeeper.vouch(names)
+        names: dict[str, list[str]] = {alias: [] for alias in self._bookkeepers}
+        for slot, process in enumerate(self._slots):
+            if (
+                process is not None
+                and process.is_alive()
+                and self._liveness[slot].overdue(VOUCH_SLACK) is None
+            ):
+                names[self._slot_options[slot].alias].append(f"{worker_host()}:{process.pid}")
+        for alias, vouched in names.items():
+            self._bookkeepers[alias].vouch(vouched)
 
     def _start(self, slot: int) -> None:
         connections.close_all()  # a forked child must not share the parent's sockets
         self._liveness[slot].idle()
         process = _mp.Process(
             target=_worker_main,
-            args=(self.options, self._liveness[slot].cells),
+            args=(self._slot_options[slot], self._liveness[slot].cells),
             name=f"worker-{slot}",
             daemon=False,
         )
         process.start()
         self._slots[slot] = process
         self._started_at[slot] = time.monotonic()
+
+    def _bookkeeper(self, slot: int) -> Bookkeeper:
+        return self._bookkeepers[self._slot_options[slot].alias]
 
     def workers_alive(self) -> int:
         return sum(1 for p in self._slots if p is not None and p.is_alive())
@@ -154,7 +168,7 @@ class Supervisor:
         if process.pid is not None:
             metrics.worker_exited(process.pid)
             # before the replacement claims: its crash-ledger rows then count
-            self._bookkeeper.forget(f"{worker_host()}:{process.pid}", wait=2.0)
+            self._bookkeeper(slot).forget(f"{worker_host()}:{process.pid}", wait=2.0)
         lived = time.monotonic() - self._started_at[slot]
         # A worker that dies at once is crash-looping (bad settings, database down): back off.
         self._restart_delay[slot] = (
@@ -178,6 +192,7 @@ class Supervisor:
             "supervisor stopping: waiting up to %.0f s for workers to finish", self.shutdown_timeout
         )
         alive = [p for p in self._slots if p is not None and p.is_alive()]
+        alias_of = {p.pid: self._slot_options[s].alias for s, p in enumerate(self._slots) if p}
         for process in alive:
             if process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
@@ -193,7 +208,10 @@ class Supervisor:
             process.kill()
             process.join()
             # Killed by the deploy, not by its events: no crash to count against them.
-            self._bookkeeper.forget(f"{worker_host()}:{process.pid}", stopped=True)
-        self._bookkeeper.stop(timeout=5.0)
+            self._bookkeepers[alias_of[process.pid]].forget(
+                f"{worker_host()}:{process.pid}", stopped=True
+            )
+        for bookkeeper in self._bookkeepers.values():
+            bookkeeper.stop(timeout=5.0)
         log.info("supervisor %d stopped", os.getpid())
         return 0

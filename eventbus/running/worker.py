@@ -21,7 +21,7 @@ from django import db
 from django.db import connections
 
 from eventbus import sql
-from eventbus.declaring import registry, wiring
+from eventbus.declaring import placement, registry, wiring
 from eventbus.declaring.channel import notify_channel
 from eventbus.operating import backfill, maintenance, metrics, pauses, rollup
 from eventbus.running import followers
@@ -86,7 +86,10 @@ class Worker:
         self.executor = Executor(
             self.name, options.alias, should_stop=lambda: self._stopping, liveness=self.liveness
         )
-        self.channels = wiring.handled_channels(options.channels)  # only what it can run
+        # Only what it can run, of the channels that live in its database.
+        self.channels = placement.queues_in(
+            options.alias, wiring.handled_channels(options.channels)
+        )
         self.base_scope = Scope(
             channels=self.channels, ordered_channels=tuple(registry.ordered_channel_names())
         )
@@ -142,7 +145,13 @@ class Worker:
     def run(self) -> None:
         channels = ", ".join(self.options.channels or ["all"])
         slots = f", {self.slots.count} handler slots" if self.slots else ""
-        log.info("worker %s started (channels: %s%s)", self.name, channels, slots)
+        log.info(
+            "worker %s on database %s started (channels: %s%s)",
+            self.name,
+            self.options.alias,
+            channels,
+            slots,
+        )
         if self.slots is not None:
             self.slots.start()
         delay = 0.5

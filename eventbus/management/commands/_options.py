@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from datetime import datetime, timedelta
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 from django.db import connections
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from eventbus import sql
-from eventbus.declaring import registry
+from eventbus import conf, sql
+from eventbus.declaring import placement, registry
 
 # A channel, or one subscription's queue of it (`comment_created:email_author`).
 STORED_NAME = re.compile(r"[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)?")
@@ -103,3 +104,25 @@ def states(values: list[str] | None, allowed: tuple[str, ...]) -> tuple[str, ...
     if unknown:
         raise CommandError(f"unknown state(s): {', '.join(unknown)}; one of: {', '.join(allowed)}")
     return tuple(dict.fromkeys(values))
+
+
+def add_database(parser: CommandParser, *, inherited: bool = False) -> None:
+    """`--database ALIAS`: the database whose events a command reads or changes.
+    `inherited`: on a subcommand, after its name (`events retry --database other`); the
+    parent's value stands when the subcommand's is not given."""
+    parser.add_argument(
+        "--database",
+        metavar="ALIAS",
+        default=argparse.SUPPRESS if inherited else None,
+        help='the Django database alias (default EVENTBUS["DATABASE_ALIAS"]); channels in '
+        "another database keep their events there",
+    )
+
+
+def database(value: str | None) -> str:
+    """The alias `--database` named, checked against DATABASES; default the primary."""
+    alias = value or conf.get().DATABASE_ALIAS
+    try:
+        return placement.require_alias(alias)
+    except ValueError as exc:
+        raise CommandError(f"--database: {exc}") from None

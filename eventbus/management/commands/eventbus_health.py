@@ -17,8 +17,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError, connections
 
-from eventbus import conf, sql
+from eventbus import sql
 from eventbus.declaring import wiring
+from eventbus.management.commands import _options
 from eventbus.operating import horizon, status
 from eventbus.running.liveness import pid_alive
 
@@ -68,6 +69,8 @@ class Command(BaseCommand):
             "handles (default: a warning in the ok line)",
         )
 
+        _options.add_database(parser)
+
     def handle(self, *args: Any, **options: Any) -> None:
         ok, line = self.evaluate(options)
         (self.stdout if ok else self.stderr).write(line)
@@ -75,7 +78,7 @@ class Command(BaseCommand):
             raise SystemExit(1)
 
     def evaluate(self, options: dict[str, Any]) -> tuple[bool, str]:
-        alias = conf.get().DATABASE_ALIAS
+        alias = _options.database(options.get("database"))
         if options.get("this_host"):
             options = {**options, "host": socket.gethostname()}  # as workers name themselves
         where = f"on {options['host']}" if options["host"] else "on any host"

@@ -11,7 +11,6 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
-from eventbus import conf
 from eventbus.declaring import wiring
 from eventbus.event import DEAD, DONE, RUNNABLE, STATES
 from eventbus.management.commands import _options
@@ -77,6 +76,7 @@ class Command(EventbusCommand):
         )
         parser.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
         parser.add_argument("--json", action="store_true", help="JSON lines, one per event")
+        _options.add_database(parser)
         actions = parser.add_subparsers(dest="action", required=False)
         retry = actions.add_parser("retry", help="re-queue failed or dead events")
         retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="event ids")
@@ -141,6 +141,8 @@ class Command(EventbusCommand):
             "resume", help="let listeners claim a paused channel again; they drain what waited"
         )
         resume.add_argument("name", metavar="NAME", help="channel[:subscription]")
+        for action in (retry, tree, purge, followed, pause, resume):
+            _options.add_database(action, inherited=True)
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options.get("action")
@@ -160,7 +162,7 @@ class Command(EventbusCommand):
             self.list(options)
 
     def list(self, options: dict[str, Any]) -> None:
-        alias = conf.get().DATABASE_ALIAS
+        alias = _options.database(options.get("database"))
         wanted = _options.states(options["state"], (*STATES, status.RUNNING))
         stored = set(wanted or STATES) - {status.RUNNING}
         if wanted and status.RUNNING in wanted:  # derived: look among the runnable
@@ -184,7 +186,7 @@ class Command(EventbusCommand):
                 self.stdout.write(json.dumps(row))
         else:
             self.table(rows)
-        self.report_unhandled(channels)
+        self.report_unhandled(channels, alias)
 
     def table(self, rows: list[dict[str, Any]]) -> None:
         """Columns as wide as their widest value, so nothing is cut: UUID keys fit whole."""
@@ -199,14 +201,14 @@ class Command(EventbusCommand):
         if not rows:
             self.stdout.write("(no events)")
 
-    def report_unhandled(self, channels: tuple[str, ...] | None) -> None:
+    def report_unhandled(self, channels: tuple[str, ...] | None, alias: str) -> None:
         """Name waiting events that no live listener handles; stderr keeps --json clean."""
-        for gap in wiring.unhandled(conf.get().DATABASE_ALIAS):
+        for gap in wiring.unhandled(alias):
             if channels is None or gap.channel in channels:
                 self.stderr.write(str(gap))
 
     def retry(self, options: dict[str, Any]) -> None:
-        alias = conf.get().DATABASE_ALIAS
+        alias = _options.database(options.get("database"))
         ids = tuple(options["ids"]) or None
         wanted = _options.states(options["state"], maintenance.REQUEUABLE)
         channels = _options.stored_channels(options["channel"], alias)
@@ -238,7 +240,7 @@ class Command(EventbusCommand):
                 )
 
     def tree(self, options: dict[str, Any]) -> None:
-        alias = conf.get().DATABASE_ALIAS
+        alias = _options.database(options.get("database"))
         collection = status.collection_id(options["id"], alias)
         if collection is None:
             raise CommandError(f"no event {options['id']}")
@@ -252,7 +254,7 @@ class Command(EventbusCommand):
             self.stdout.write("  " * depth + _tree_line(event))
 
     def purge(self, options: dict[str, Any]) -> None:
-        alias = conf.get().DATABASE_ALIAS
+        alias = _options.database(options.get("database"))
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
         age = options["older_than"]
@@ -289,7 +291,7 @@ class Command(EventbusCommand):
             )
 
     def pause(self, options: dict[str, Any]) -> None:
-        alias = conf.get().DATABASE_ALIAS
+        alias = _options.database(options.get("database"))
         name = options["name"]
         if name is None:
             for held in pauses.paused(alias):
@@ -307,7 +309,7 @@ class Command(EventbusCommand):
             self.stdout.write(f"{name} was paused already")
 
     def resume(self, options: dict[str, Any]) -> None:
-        alias = conf.get().DATABASE_ALIAS
+        alias = _options.database(options.get("database"))
         name = options["name"]
         resumed = pauses.resume(name, _operator(), alias)
         if resumed:
@@ -327,7 +329,7 @@ class Command(EventbusCommand):
 
     def follow(self, options: dict[str, Any]) -> None:
         """`events follow`: see eventbus.operating.follow."""
-        alias = conf.get().DATABASE_ALIAS
+        alias = _options.database(options.get("database"))
         if options["last"] < 0:
             raise CommandError("--last must be 0 or more")
         collection = options["collection"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, connections
 
 from eventbus import conf, sql
-from eventbus.declaring import installed, wiring
+from eventbus.declaring import installed, placement, registry, wiring
 from eventbus.management.commands import _options
 from eventbus.models import EventRecord, InflightRecord, PauseRecord, RollupRecord, WorkerRecord
 from eventbus.operating import databases, horizon, logs, metrics, status
@@ -39,6 +40,14 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--channels", nargs="+", metavar="NAME", help="channels to handle (default: all)"
+        )
+        parser.add_argument(
+            "--database",
+            nargs="+",
+            metavar="ALIAS",
+            dest="databases",
+            help="the databases to serve, by Django alias: --processes workers for each "
+            "(default: every database that holds a channel this listener handles)",
         )
         parser.add_argument(
             "--batch-size",
@@ -71,26 +80,27 @@ class Command(BaseCommand):
         if options["poll_interval"] <= 0:
             raise CommandError("--poll-interval must be positive")
         channels = _options.channels(options["channels"])
-        try:
-            wiring.require_handlers(channels)
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        worker_options = WorkerOptions(
-            channels=channels,
-            batch_size=options["batch_size"],
-            poll_interval=options["poll_interval"],
-            reconnect_max_delay=settings.RECONNECT_MAX_DELAY,
-            alias=settings.DATABASE_ALIAS,
-            health_interval=settings.HEALTH_INTERVAL,
-            done_retention=settings.DONE_RETENTION,
-            purge_interval=settings.PURGE_INTERVAL,
-            queue_slot_bytes=settings.QUEUE_SLOT_BYTES,
-            history_partition=settings.HISTORY_PARTITION,
-            concurrency=options["concurrency"],
-        )
+        aliases = _served_databases(channels, options["databases"])
+        worker_options = [
+            WorkerOptions(
+                channels=channels,
+                batch_size=options["batch_size"],
+                poll_interval=options["poll_interval"],
+                reconnect_max_delay=settings.RECONNECT_MAX_DELAY,
+                alias=alias,
+                health_interval=settings.HEALTH_INTERVAL,
+                done_retention=settings.DONE_RETENTION,
+                purge_interval=settings.PURGE_INTERVAL,
+                queue_slot_bytes=settings.QUEUE_SLOT_BYTES,
+                history_partition=settings.HISTORY_PARTITION,
+                concurrency=options["concurrency"],
+            )
+            for alias in aliases
+        ]
         logs.configure(options["log_format"])
-        _require_migrated(settings.DATABASE_ALIAS)
-        _require_triggers(settings.DATABASE_ALIAS)
+        for alias in aliases:
+            _require_migrated(alias)
+            _require_triggers(alias)
         supervisor = Supervisor(
             options["processes"],
             worker_options,
@@ -102,17 +112,66 @@ class Command(BaseCommand):
             metrics.serve(
                 options["metrics_port"],
                 supervisor.workers_alive,
-                lambda: status.backlog_direct(settings.DATABASE_ALIAS),
+                lambda: _merged(status.backlog_direct(a) for a in aliases),
                 unhandled=lambda: {
-                    u.channel: u.count for u in wiring.unhandled_direct(settings.DATABASE_ALIAS)
+                    u.channel: u.count for a in aliases for u in wiring.unhandled_direct(a)
                 },
-                held_back=lambda: horizon.held_back(
-                    horizon.holders_direct(settings.DATABASE_ALIAS)
+                held_back=lambda: max(
+                    horizon.held_back(horizon.holders_direct(a)) for a in aliases
                 ),
             )
         code = supervisor.run()
         if code:
             raise SystemExit(code)
+
+
+def _served_databases(channels: tuple[str, ...] | None, requested: list[str] | None) -> list[str]:
+    """The aliases to serve: those requested, or every one holding a handled channel.
+
+    Every channel of a served database needs a handler here (of those named with
+    --channels); channels of other databases are another listener's business.
+    """
+    for alias in requested or ():
+        try:
+            placement.require_alias(alias)
+        except ValueError as exc:
+            raise CommandError(f"--database: {exc}") from None
+    wanted = channels
+    if requested:
+        queues = channels if channels is not None else tuple(registry.queue_names())
+        wanted = tuple(q for q in queues if placement.database_of(q) in requested)
+        empty = [a for a in requested if a not in placement.by_database(wanted)]
+        if empty:
+            where = placement.by_database(queues)
+            raise CommandError(
+                f"--database: no channel to handle lives in {', '.join(empty)} "
+                f"(channels by database: {_describe(where)})"
+            )
+    try:
+        handled = wiring.require_handlers(wanted)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    holding = placement.by_database(handled)
+    for alias, names in holding.items():
+        try:
+            placement.require_alias(alias)
+        except ValueError as exc:
+            raise CommandError(
+                f"channel(s) {', '.join(names)}: {exc} (eventbus.E040 in manage.py check)"
+            ) from None
+    return [a for a in placement.aliases(handled) if a in holding]
+
+
+def _describe(by_alias: dict[str, tuple[str, ...]]) -> str:
+    return "; ".join(f"{a}: {', '.join(qs)}" for a, qs in by_alias.items()) or "none declared"
+
+
+def _merged(backlogs: Iterable[dict[str, tuple[int, float]]]) -> dict[str, tuple[int, float]]:
+    """Each database's backlog per channel, in one: a channel lives in one database."""
+    merged: dict[str, tuple[int, float]] = {}
+    for backlog in backlogs:
+        merged.update(backlog)
+    return merged
 
 
 def _require_triggers(alias: str) -> None:

@@ -77,6 +77,7 @@ class Command(EventbusCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="count what would be replayed; change nothing"
         )
+        _options.add_database(parser)
         parser.add_argument(
             "--batch-size",
             type=int,
@@ -89,7 +90,7 @@ class Command(EventbusCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
-        alias = conf.get().DATABASE_ALIAS
+        alias = _options.database(options["database"])
         if options["backfill"] or options["backfill_from"]:
             self._backfill(options, alias)
         requested = _options.stored_channels(options["channel"], alias)
