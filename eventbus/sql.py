@@ -708,6 +708,16 @@ def claimed(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     return query, [list(ids), list(ids)]
 
 
+def waiting(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
+    """Which of `ids` are pending and unclaimed now: lockable, and still pending when
+    locked (a row a listener finished meanwhile fails the recheck, or is gone)."""
+    query = sql.SQL(
+        "SELECT id FROM {table} WHERE id = ANY(%s) AND state = {pending} "
+        "FOR KEY SHARE SKIP LOCKED"
+    ).format(table=TABLE, pending=sql.Literal(PENDING))
+    return query, [list(ids)]
+
+
 def trace_contexts(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     """The trace contexts that `ids` carry (eventbus.integrations.tracing): read after the
     claim, and only when tracing is on, so the claim itself never pays for them."""

@@ -184,8 +184,10 @@ def _tally(summary: Summary, bounded: sql.Scope, unfinished: list[int], alias: s
     if PENDING not in bounded.states:  # recover --dead: only those it made pending
         pending = replace(pending, ids=unfinished)
     left = _ids(pending, alias)
-    summary.in_flight = len(status.claimed_ids(left, alias))
-    summary.still_pending = len(left) - summary.in_flight
+    # One statement decides: an event a listener finished after `left` was read is not
+    # left pending (two statements raced with a listener's commit, and counted it).
+    summary.still_pending = len(status.waiting_ids(left, alias))
+    summary.in_flight = len(left) - summary.still_pending
 
 
 def _ids(scope: sql.Scope, alias: str) -> list[int]:

@@ -33,6 +33,17 @@ def claimed_ids(ids: Iterable[int], alias: str = "default") -> set[int]:
         return {row[0] for row in cursor.fetchall()}
 
 
+def waiting_ids(ids: Iterable[int], alias: str = "default") -> set[int]:
+    """Which of `ids` are pending and held by no worker at this moment: an event being
+    handled, or finished since, is not among them (never waits for a lock)."""
+    ids = list(ids)
+    if not ids:
+        return set()
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(*sql.waiting(ids))
+        return {row[0] for row in cursor.fetchall()}
+
+
 def describe(records: list[EventRecord], alias: str = "default") -> list[dict[str, Any]]:
     """Each event as a dict, its state `running` while a worker holds it."""
     running = claimed_ids((r.id for r in records if r.state in RUNNABLE), alias)
