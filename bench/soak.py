@@ -73,8 +73,9 @@ FINISHED = (
 # partitioned one (eventbus.storing), read through pg_partition_tree. "The runnable set"
 # is the single table's runnable index, or the queue slots (their heap and indexes).
 STORAGE = (
-    "WITH leaves AS (SELECT t.relid, c.relname FROM pg_partition_tree('eventbus_event') AS t "
-    "JOIN pg_class AS c ON c.oid = t.relid WHERE t.isleaf), "
+    "WITH leaves AS (SELECT c.oid AS relid, c.relname FROM pg_class AS c "
+    "WHERE c.oid IN (SELECT relid FROM pg_partition_tree('eventbus_event') WHERE isleaf) "
+    "OR (c.oid = 'eventbus_event'::regclass AND c.relkind = 'r')), "
     "queue AS (SELECT relid FROM leaves WHERE relname LIKE 'eventbus_event_queue_%%'), "
     "stats AS (SELECT s.* FROM pg_stat_user_tables AS s JOIN leaves AS l ON l.relid = s.relid) "
     "SELECT (SELECT count(*) FROM eventbus_event WHERE state IN ('pending', 'failed')), "
