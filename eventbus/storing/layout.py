@@ -283,3 +283,19 @@ IS_PARTITIONED = (
     "SELECT c.relkind = 'p', n.nspname FROM pg_class AS c "
     "JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)"
 )
+
+# What health and metrics read: the queue's size (its slots' tables, indexes and TOAST),
+# and the sessions that have held a lock on a slot since a transaction older than
+# `seconds` began (a rotation's TRUNCATE waits for them), longest first.
+QUEUE_BYTES = (
+    "SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint "
+    "FROM pg_partition_tree('eventbus_event_queue') WHERE isleaf"
+)
+QUEUE_LOCKERS = (
+    "SELECT a.pid, coalesce(nullif(a.application_name, ''), a.usename::text, '?'), "
+    "coalesce(a.state, '?'), extract(epoch FROM now() - a.xact_start) "
+    "FROM pg_stat_activity AS a WHERE a.pid <> pg_backend_pid() "
+    "AND a.xact_start < now() - make_interval(secs => %s) AND EXISTS (SELECT FROM pg_locks "
+    "AS l WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation' AND l.relation IN "
+    "(SELECT relid FROM pg_partition_tree('eventbus_event_queue'))) ORDER BY 4 DESC"
+)

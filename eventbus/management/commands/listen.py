@@ -16,6 +16,7 @@ from eventbus.models import EventRecord, InflightRecord, PauseRecord, RollupReco
 from eventbus.operating import databases, horizon, logs, metrics, status
 from eventbus.running.supervisor import Supervisor
 from eventbus.running.worker import WorkerOptions
+from eventbus.storing import report
 
 logger = logging.getLogger("eventbus.listen")
 
@@ -119,6 +120,7 @@ class Command(BaseCommand):
                 held_back=lambda: max(
                     horizon.held_back(horizon.holders_direct(a)) for a in aliases
                 ),
+                queue_bytes=lambda: sum(report.queue_bytes_direct(a) for a in aliases),
             )
         code = supervisor.run()
         if code:
