@@ -93,7 +93,7 @@ def test_the_marks_list_every_column_of_an_event() -> None:
         assert {r[0] for r in cursor.fetchall()} == fields | {"slot"}
 
 
-NEVER = 1 << 40  # a slot size never reached: the call only empties the drained slot
+NEVER = 1 << 40  # dead rows never reached: the call only empties the drained slot
 
 
 def test_rotation_empties_the_drained_slot_and_keeps_its_waiting_events() -> None:

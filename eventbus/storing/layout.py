@@ -121,14 +121,16 @@ def create(name: str, like: str) -> list[sql.Composed]:
 # one written by a transaction that began before the switch); those few move to the
 # current slot first, same id, same state, under the drained slot's ACCESS EXCLUSIVE
 # lock, which no claim then holds. (2) Once the drained slot is empty and the current
-# one has reached `min_bytes` (table, indexes and TOAST), new events go to the other.
+# one holds `max_dead` dead rows that vacuum has not removed (the statistics' count: it
+# grows while a snapshot is held, and stays low while vacuum keeps up), or 64 MB, new
+# events go to the other.
 # Returns what it did: "emptied N" (N events moved), "switched", both, or why it did
 # nothing: small (not due), busy (another session rotates), backlog (the drained slot
 # holds more than `max_moved` events: moving them would cost more than waiting), locked
 # (a claim transaction held the drained slot past `lock_wait_ms`).
 ROTATE = """
 CREATE OR REPLACE FUNCTION eventbus_rotate_queue(
-    min_bytes bigint, max_moved integer, lock_wait_ms integer)
+    max_dead bigint, max_moved integer, lock_wait_ms integer)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
 DECLARE
     current_slot integer;
@@ -160,8 +162,10 @@ BEGIN
         EXECUTE format('TRUNCATE %I', other_name);
         done := 'emptied ' || moved;
     END IF;
-    IF pg_total_relation_size(('eventbus_event_queue_' || current_slot)::regclass)
-            >= min_bytes THEN
+    IF pg_stat_get_dead_tuples(('eventbus_event_queue_' || current_slot)::regclass)
+            >= max_dead
+        OR pg_total_relation_size(('eventbus_event_queue_' || current_slot)::regclass)
+            >= 64 * 1024 * 1024 THEN
         PERFORM setval('eventbus_queue_slot', other_slot, true);
         done := concat_ws(', ', nullif(done, ''), 'switched');
     END IF;

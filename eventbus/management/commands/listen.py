@@ -92,7 +92,7 @@ class Command(BaseCommand):
                 health_interval=settings.HEALTH_INTERVAL,
                 done_retention=settings.DONE_RETENTION,
                 purge_interval=settings.PURGE_INTERVAL,
-                queue_slot_bytes=settings.QUEUE_SLOT_BYTES,
+                queue_slot_events=settings.QUEUE_SLOT_EVENTS,
                 history_partition=settings.HISTORY_PARTITION,
                 concurrency=options["concurrency"],
             )
