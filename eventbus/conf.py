@@ -21,7 +21,7 @@ _ENVIRONMENT: dict[str, Any] = {
     "CHANNELS": json.loads,
     "DONE_RETENTION": float,
     "PURGE_INTERVAL": float,
-    "QUEUE_SLOT_BYTES": int,
+    "QUEUE_SLOT_EVENTS": int,
     "HISTORY_PARTITION": int,
     "SHUTDOWN_TIMEOUT": float,
     "HANG_GRACE": float,
@@ -60,10 +60,11 @@ class Settings:
     LISTEN_DATABASE_URL: str | None = None  # a direct URL for LISTEN when claims go via a pool
     DONE_RETENTION: float | None = 3 * 86400  # seconds done events are kept; None: forever
     PURGE_INTERVAL: float = 60.0  # seconds between the listener's background purges
-    # Storage (eventbus.storing): the queue slot size that makes it rotate (TRUNCATE frees
-    # what VACUUM cannot under a held snapshot), and the span of one history partition
-    # (retention drops whole partitions: done events stay up to one span longer).
-    QUEUE_SLOT_BYTES: int = 1024 * 1024
+    # Storage (eventbus.storing): the dead rows a queue slot gathers before new events go
+    # to the other and it is emptied by TRUNCATE (which frees what VACUUM cannot under a
+    # held snapshot), and the span of one history partition (retention drops whole
+    # partitions: done events stay up to one span longer).
+    QUEUE_SLOT_EVENTS: int = 10_000
     HISTORY_PARTITION: int = 86400
     # The dashboard's per-minute rollup (eventbus.operating.rollup): written with each
     # batch's marks unless off; purged with the done events after ROLLUP_RETENTION seconds.

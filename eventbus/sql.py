@@ -712,8 +712,7 @@ def waiting(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
     """Which of `ids` are pending and unclaimed now: lockable, and still pending when
     locked (a row a listener finished meanwhile fails the recheck, or is gone)."""
     query = sql.SQL(
-        "SELECT id FROM {table} WHERE id = ANY(%s) AND state = {pending} "
-        "FOR KEY SHARE SKIP LOCKED"
+        "SELECT id FROM {table} WHERE id = ANY(%s) AND state = {pending} FOR KEY SHARE SKIP LOCKED"
     ).format(table=TABLE, pending=sql.Literal(PENDING))
     return query, [list(ids)]
 

@@ -78,6 +78,8 @@ def test_the_metrics_endpoint_counts_what_the_workers_do(
     # what holds back vacuum of the event table (eventbus.operating.horizon)
     assert ("eventbus_oldest_snapshot_seconds", ()) in m
     assert ("eventbus_oldest_xmin_age_xids", ()) in m
+    # the queue's size (eventbus.storing): bounded while its slots rotate
+    assert value(m, "eventbus_queue_bytes") > 0
 
     with connection.cursor() as cursor:
         cursor.execute(

@@ -17,12 +17,12 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from eventbus import Channel, Event, RetryLater
-from eventbus.models import EventRecord
+from eventbus.models import EventRecord, WorkerRecord
 from eventbus.operating import maintenance
 from eventbus.running.executor import Executor
 from eventbus.sql import Scope
 from eventbus.storing import layout, upkeep
-from tests.support import database_url
+from tests.support import database_url, manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -93,7 +93,7 @@ def test_the_marks_list_every_column_of_an_event() -> None:
         assert {r[0] for r in cursor.fetchall()} == fields | {"slot"}
 
 
-NEVER = 1 << 40  # a slot size never reached: the call only empties the drained slot
+NEVER = 1 << 40  # dead rows never reached: the call only empties the drained slot
 
 
 def test_rotation_empties_the_drained_slot_and_keeps_its_waiting_events() -> None:
@@ -233,3 +233,27 @@ def test_history_partitions_are_made_ahead_of_time() -> None:
         assert f"eventbus_event_done_{stamp}" in names, names
     # A span that overlaps the partitions there (the setting changed) is skipped.
     assert upkeep.prepare_history(3600) == 0
+
+
+def test_health_names_a_session_that_keeps_the_queue_from_rotating() -> None:
+    """A session that read the event table in a transaction it keeps open holds a lock
+    that TRUNCATE waits for: rotation gives way, and health says who."""
+    WorkerRecord.objects.create(name="probe:1", host="probe", pid=1, channels="*")
+    held = stored.publish({})
+    upkeep.rotate_queue(0)  # the event's slot is drained from now on
+    with psycopg.connect(database_url(), application_name="report", autocommit=True) as report:
+        report.execute("BEGIN")
+        report.execute("SELECT count(*) FROM eventbus_event")
+        assert upkeep.rotate_queue(NEVER) == "locked"
+        checked = manage("eventbus_health", "--skip-backlog", "--max-queue-lock-age", "0")
+        assert checked.returncode == 0, checked.stderr
+        pid = report.info.backend_pid
+        assert (
+            f"warning: session {pid} (report, idle in transaction) has held a lock on the "
+            "event queue for"
+        ) in checked.stdout, checked.stdout
+        report.execute("ROLLBACK")
+    assert upkeep.rotate_queue(NEVER) == "emptied 1"
+    assert EventRecord.objects.get(pk=held).state == "pending"
+    quiet = manage("eventbus_health", "--skip-backlog", "--max-queue-lock-age", "0")
+    assert "event queue" not in quiet.stdout

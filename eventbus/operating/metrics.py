@@ -71,6 +71,7 @@ def serve(
     backlog: Callable[[], dict[str, tuple[int, float]]],
     unhandled: Callable[[], dict[str, int]] = dict,
     held_back: Callable[[], tuple[float, int]] = lambda: (0.0, 0),
+    queue_bytes: Callable[[], int] = lambda: 0,
 ) -> None:
     """Serve /metrics on `port` from the supervisor, in a background thread.
 
@@ -78,6 +79,7 @@ def serve(
     half done, a listener missing its handler modules); they wait, so they need an alert.
     `held_back`: seconds and xids the oldest snapshot has held back cleanup (a dead
     tuple's removal), so an alert fires before the event table bloats.
+    `queue_bytes`: the size of the queue's slots, bounded while they rotate.
     """
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.core import GaugeMetricFamily
@@ -109,6 +111,19 @@ def serve(
             yield age
             yield self.unhandled_gauge()
             yield from self.horizon_gauges()
+            yield from self.queue_gauge()
+
+        def queue_gauge(self) -> Iterator[GaugeMetricFamily]:
+            try:
+                size = queue_bytes()
+            except Exception:  # the database is down, as above
+                return
+            yield GaugeMetricFamily(
+                "eventbus_queue_bytes",
+                "Size of the queue of pending and failed events (tables, indexes): bounded "
+                "while its slots rotate",
+                value=size,
+            )
 
         def horizon_gauges(self) -> Iterator[GaugeMetricFamily]:
             try:

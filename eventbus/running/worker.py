@@ -64,7 +64,7 @@ class WorkerOptions:
     health_interval: float = 10.0  # seconds between pings through the listen connection
     done_retention: float | None = None  # seconds; None: keep done events forever
     purge_interval: float = 60.0
-    queue_slot_bytes: int = 1024 * 1024  # a queue slot this large is rotated out
+    queue_slot_events: int = 10_000  # dead rows in a queue slot that make it rotate
     history_partition: int = 86400  # seconds of finish times per history partition
     concurrency: int = 1  # handler slots (threads) per process; see eventbus.running.slots
 
@@ -115,7 +115,7 @@ class Worker:
         self._parent_pid = os.getppid()
         self._next_purge = time.monotonic() + options.purge_interval
         self._next_rotation = 0.0
-        self.rotation = Rotation(options.queue_slot_bytes, options.alias, self.name)
+        self.rotation = Rotation(options.queue_slot_events, options.alias, self.name)
         self._last_heartbeat = 0.0
         self._notifier: Notifier | None = None
         self._next_look = 0.0  # when a drain next looks for a follower's hello

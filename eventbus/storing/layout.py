@@ -121,14 +121,16 @@ def create(name: str, like: str) -> list[sql.Composed]:
 # one written by a transaction that began before the switch); those few move to the
 # current slot first, same id, same state, under the drained slot's ACCESS EXCLUSIVE
 # lock, which no claim then holds. (2) Once the drained slot is empty and the current
-# one has reached `min_bytes` (table, indexes and TOAST), new events go to the other.
+# one holds `max_dead` dead rows that vacuum has not removed (the statistics' count: it
+# grows while a snapshot is held, and stays low while vacuum keeps up), or 64 MB, new
+# events go to the other.
 # Returns what it did: "emptied N" (N events moved), "switched", both, or why it did
 # nothing: small (not due), busy (another session rotates), backlog (the drained slot
 # holds more than `max_moved` events: moving them would cost more than waiting), locked
 # (a claim transaction held the drained slot past `lock_wait_ms`).
 ROTATE = """
 CREATE OR REPLACE FUNCTION eventbus_rotate_queue(
-    min_bytes bigint, max_moved integer, lock_wait_ms integer)
+    max_dead bigint, max_moved integer, lock_wait_ms integer)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
 DECLARE
     current_slot integer;
@@ -160,8 +162,10 @@ BEGIN
         EXECUTE format('TRUNCATE %I', other_name);
         done := 'emptied ' || moved;
     END IF;
-    IF pg_total_relation_size(('eventbus_event_queue_' || current_slot)::regclass)
-            >= min_bytes THEN
+    IF pg_stat_get_dead_tuples(('eventbus_event_queue_' || current_slot)::regclass)
+            >= max_dead
+        OR pg_total_relation_size(('eventbus_event_queue_' || current_slot)::regclass)
+            >= 64 * 1024 * 1024 THEN
         PERFORM setval('eventbus_queue_slot', other_slot, true);
         done := concat_ws(', ', nullif(done, ''), 'switched');
     END IF;
@@ -282,4 +286,20 @@ EXPIRE = "SELECT eventbus_expire_history(%s, %s)"
 IS_PARTITIONED = (
     "SELECT c.relkind = 'p', n.nspname FROM pg_class AS c "
     "JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)"
+)
+
+# What health and metrics read: the queue's size (its slots' tables, indexes and TOAST),
+# and the sessions that have held a lock on a slot since a transaction older than
+# `seconds` began (a rotation's TRUNCATE waits for them), longest first.
+QUEUE_BYTES = (
+    "SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint "
+    "FROM pg_partition_tree('eventbus_event_queue') WHERE isleaf"
+)
+QUEUE_LOCKERS = (
+    "SELECT a.pid, coalesce(nullif(a.application_name, ''), a.usename::text, '?'), "
+    "coalesce(a.state, '?'), extract(epoch FROM now() - a.xact_start) "
+    "FROM pg_stat_activity AS a WHERE a.pid <> pg_backend_pid() "
+    "AND a.xact_start < now() - make_interval(secs => %s) AND EXISTS (SELECT FROM pg_locks "
+    "AS l WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation' AND l.relation IN "
+    "(SELECT relid FROM pg_partition_tree('eventbus_event_queue'))) ORDER BY 4 DESC"
 )

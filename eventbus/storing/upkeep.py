@@ -22,11 +22,11 @@ HISTORY_LOCK_WAIT_MS = 500
 HISTORY_AHEAD = 2  # history partitions made ahead of time, beyond the current one
 
 
-def rotate_queue(min_bytes: int, alias: str = "default") -> str:
-    """Empty the drained queue slot, and switch slots once the current one has reached
-    `min_bytes`; returns what happened (see layout.ROTATE)."""
+def rotate_queue(max_dead: int, alias: str = "default") -> str:
+    """Empty the drained queue slot, and switch slots once the current one holds
+    `max_dead` dead rows; returns what happened (see layout.ROTATE)."""
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-        cursor.execute(layout.ROTATE_QUEUE, [min_bytes, MAX_MOVED, ROTATION_LOCK_WAIT_MS])
+        cursor.execute(layout.ROTATE_QUEUE, [max_dead, MAX_MOVED, ROTATION_LOCK_WAIT_MS])
         return str(cursor.fetchone()[0])
 
 
@@ -51,13 +51,13 @@ def expire_history(before: datetime, alias: str = "default") -> int:
 class Rotation:
     """A listener's view of the rotation: logs only when it becomes blocked or free."""
 
-    min_bytes: int
+    max_dead: int
     alias: str
     worker: str
     blocked: str | None = None
 
     def run(self) -> str:
-        outcome = rotate_queue(self.min_bytes, self.alias)
+        outcome = rotate_queue(self.max_dead, self.alias)
         moved = outcome not in ("small", "busy", "locked", "backlog")
         if moved:
             log.debug("worker %s: queue slots rotated (%s)", self.worker, outcome)

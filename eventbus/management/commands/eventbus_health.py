@@ -22,6 +22,7 @@ from eventbus.declaring import wiring
 from eventbus.management.commands import _options
 from eventbus.operating import horizon, status
 from eventbus.running.liveness import pid_alive
+from eventbus.storing import report
 
 
 class Command(BaseCommand):
@@ -63,6 +64,13 @@ class Command(BaseCommand):
             help="fail when one has held longer (default: a warning in the ok line)",
         )
         parser.add_argument(
+            "--max-queue-lock-age",
+            type=float,
+            default=60.0,
+            help="seconds a session may hold a lock on the event queue, keeping its slots "
+            "from being emptied, before it is reported (default 60)",
+        )
+        parser.add_argument(
             "--fail-unhandled",
             action="store_true",
             help="fail when runnable events have a channel that no live listener on any host "
@@ -91,6 +99,8 @@ class Command(BaseCommand):
                 hung = _hung_here(cursor, options) if options.get("this_host") else []
             backlog = {} if options["skip_backlog"] else status.backlog(alias)
             held = horizon.oldest(horizon.holders(alias))
+            locking = report.lockers(options.get("max_queue_lock_age", 60.0), alias)
+            queue_mb = report.queue_bytes(alias) / 1024 / 1024 if locking else 0.0
             fail_unhandled = options.get("fail_unhandled", False)
             gaps = (
                 wiring.unhandled(alias, options["max_silence"])
@@ -128,6 +138,8 @@ class Command(BaseCommand):
         warnings = [gap_report] if gaps else []
         if holding is not None:
             warnings.append(f"{holding} (> {limit:g} s): the event table cannot be vacuumed")
+        if locking:
+            warnings.append(f"{locking[0]} (the queue holds {queue_mb:.1f} MB)")
         warning = "".join(f"; warning: {w}" for w in warnings)
         return True, (
             f"ok: {alive} worker(s) alive {where} (newest heartbeat {newest:.1f} s "

@@ -16,6 +16,7 @@ from eventbus.models import EventRecord, InflightRecord, PauseRecord, RollupReco
 from eventbus.operating import databases, horizon, logs, metrics, status
 from eventbus.running.supervisor import Supervisor
 from eventbus.running.worker import WorkerOptions
+from eventbus.storing import report
 
 logger = logging.getLogger("eventbus.listen")
 
@@ -91,7 +92,7 @@ class Command(BaseCommand):
                 health_interval=settings.HEALTH_INTERVAL,
                 done_retention=settings.DONE_RETENTION,
                 purge_interval=settings.PURGE_INTERVAL,
-                queue_slot_bytes=settings.QUEUE_SLOT_BYTES,
+                queue_slot_events=settings.QUEUE_SLOT_EVENTS,
                 history_partition=settings.HISTORY_PARTITION,
                 concurrency=options["concurrency"],
             )
@@ -119,6 +120,7 @@ class Command(BaseCommand):
                 held_back=lambda: max(
                     horizon.held_back(horizon.holders_direct(a)) for a in aliases
                 ),
+                queue_bytes=lambda: sum(report.queue_bytes_direct(a) for a in aliases),
             )
         code = supervisor.run()
         if code:
