@@ -257,3 +257,16 @@ def test_health_names_a_session_that_keeps_the_queue_from_rotating() -> None:
     assert EventRecord.objects.get(pk=held).state == "pending"
     quiet = manage("eventbus_health", "--skip-backlog", "--max-queue-lock-age", "0")
     assert "event queue" not in quiet.stdout
+
+
+def test_a_listener_backs_off_while_claims_keep_the_drained_slot_locked() -> None:
+    """Each try holds up new claims for up to ROTATION_LOCK_WAIT_MS: not every second."""
+    held = stored.publish({})
+    upkeep.rotate_queue(0)  # the event's slot is drained from now on
+    rotation = upkeep.Rotation(NEVER, "default", "storage-test")
+    with psycopg.connect(database_url()) as worker:
+        worker.execute("SELECT id FROM eventbus_event WHERE id = %s FOR UPDATE", [held])
+        assert rotation.run() == "locked" and rotation.interval == 2 * upkeep.CHECK_INTERVAL
+        assert rotation.run() == "locked" and rotation.interval == 4 * upkeep.CHECK_INTERVAL
+        assert not rotation.due()
+    assert rotation.run() == "emptied 1" and rotation.interval == upkeep.CHECK_INTERVAL

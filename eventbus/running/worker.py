@@ -50,7 +50,6 @@ CONNECTION_ERRORS = (
     LedgerUnavailable,
 )
 BEAT_INTERVAL = 1.0  # seconds between progress beats to the supervisor while idle
-ROTATION_INTERVAL = 1.0  # seconds between checks whether the queue slot is due to rotate
 LOOK_INTERVAL = 0.25  # seconds between looks for a follower's hello while draining
 
 
@@ -114,7 +113,6 @@ class Worker:
         self._first_heartbeat = True  # this process's first: it (re)starts the row
         self._parent_pid = os.getppid()
         self._next_purge = time.monotonic() + options.purge_interval
-        self._next_rotation = 0.0
         self.rotation = Rotation(options.queue_slot_events, options.alias, self.name)
         self._last_heartbeat = 0.0
         self._notifier: Notifier | None = None
@@ -267,11 +265,10 @@ class Worker:
             backfill.fan_out(self.channels, cursor)
 
     def _rotate_if_due(self) -> None:
-        """Keep the queue small (eventbus.storing): a size check every ROTATION_INTERVAL."""
-        if time.monotonic() < self._next_rotation:
-            return
-        self._next_rotation = time.monotonic() + ROTATION_INTERVAL
-        self.rotation.run()
+        """Keep the queue small (eventbus.storing): a look every second, less often while
+        claim transactions keep the drained slot locked."""
+        if self.rotation.due():
+            self.rotation.run()
 
     def _purge_if_due(self) -> None:
         if time.monotonic() < self._next_purge:

@@ -7,6 +7,7 @@ that one session at a time does the work and that none waits long for a lock.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +21,8 @@ ROTATION_LOCK_WAIT_MS = 200  # a rotation waits this long for in-flight claims, 
 MAX_MOVED = 1000  # a slot still holding more events than this is not rotated yet
 HISTORY_LOCK_WAIT_MS = 500
 HISTORY_AHEAD = 2  # history partitions made ahead of time, beyond the current one
+CHECK_INTERVAL = 1.0  # seconds between a listener's looks at the queue's slots
+MAX_BACKOFF = 30.0  # seconds between tries while claims keep the drained slot locked
 
 
 def rotate_queue(max_dead: int, alias: str = "default") -> str:
@@ -49,15 +52,25 @@ def expire_history(before: datetime, alias: str = "default") -> int:
 
 @dataclass
 class Rotation:
-    """A listener's view of the rotation: logs only when it becomes blocked or free."""
+    """A listener's view of the rotation: logs only when it becomes blocked or free, and
+    backs off while a claim transaction keeps the drained slot locked (each try holds up
+    new claims for up to ROTATION_LOCK_WAIT_MS)."""
 
     max_dead: int
     alias: str
     worker: str
     blocked: str | None = None
+    interval: float = CHECK_INTERVAL  # seconds to the next try
+    _next: float = 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next
 
     def run(self) -> str:
         outcome = rotate_queue(self.max_dead, self.alias)
+        locked = outcome == "locked"
+        self.interval = min(self.interval * 2, MAX_BACKOFF) if locked else CHECK_INTERVAL
+        self._next = time.monotonic() + self.interval
         moved = outcome not in ("small", "busy", "locked", "backlog")
         if moved:
             log.debug("worker %s: queue slots rotated (%s)", self.worker, outcome)
