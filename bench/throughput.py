@@ -52,8 +52,8 @@ def _ceiling_worker(url: str, batch: int, done: Any, total: int) -> None:
             with conn.transaction():
                 conn.execute(PIN_PLAN)  # the same plan pinning as eventbus: a fair ceiling
                 ids = [r[0] for r in conn.execute(CEILING_CLAIM, [batch]).fetchall()]
-                if ids:
-                    conn.execute(CEILING_MARK, [ids])
+                if ids:  # bound on the client, as Django binds: a custom plan each time
+                    conn.execute(CEILING_MARK, [ids], prepare=False)
             if ids:
                 with done.get_lock():
                     done.value += len(ids)

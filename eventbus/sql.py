@@ -63,6 +63,9 @@ def pin_claim_plan(idle_timeout_ms: int) -> sql.Composed:
     )
 
 
+# The marks find their rows by id (eventbus.running.executor, server-side binding only).
+PIN_MARK_PLAN = sql.SQL("SET LOCAL enable_seqscan = off")
+
 UNPIN_CLAIM_PLAN = sql.SQL("SET LOCAL enable_bitmapscan = DEFAULT; SET LOCAL enable_sort = DEFAULT")
 
 

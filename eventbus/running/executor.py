@@ -719,6 +719,10 @@ class Executor:
         # The dashboard's rollup rides in the first mark statement: no round trip of its own.
         rollup_rows = rollup.rows(outcomes, self.writer) if self.settings.ROLLUP else None
         with connections[self.alias].cursor() as cursor:
+            if not self._client_binding:
+                # A prepared statement's generic plan, made while a queue slot was empty,
+                # would scan the slot whole when it is full: find the rows by id.
+                cursor.execute(sql.PIN_MARK_PLAN)
             if done:
                 seconds = [o.seconds for o in finished]
                 cursor.execute(*sql.mark_done(self.worker_name, done, rollup_rows, seconds, states))

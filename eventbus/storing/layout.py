@@ -127,7 +127,8 @@ def create(name: str, like: str) -> list[sql.Composed]:
 # Returns what it did: "emptied N" (N events moved), "switched", both, or why it did
 # nothing: small (not due), busy (another session rotates), backlog (the drained slot
 # holds more than `max_moved` events: moving them would cost more than waiting), locked
-# (a claim transaction held the drained slot past `lock_wait_ms`).
+# (a claim transaction held the drained slot past `lock_wait_ms`, or a transaction older
+# than 2 s holds it: no wait then, which would only hold up the claims queued behind).
 ROTATE = """
 CREATE OR REPLACE FUNCTION eventbus_rotate_queue(
     max_dead bigint, max_moved integer, lock_wait_ms integer)
@@ -150,6 +151,14 @@ BEGIN
             other_name, max_moved + 1) INTO moved;
         IF moved > max_moved THEN
             RETURN 'backlog';
+        END IF;
+        -- A transaction of another session that began long before holds it (one that
+        -- read the event table and stays open): waiting would only hold up claims.
+        IF EXISTS (SELECT FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+                WHERE l.locktype = 'relation' AND l.relation = other_name::regclass
+                AND l.granted AND a.pid <> pg_backend_pid()
+                AND a.xact_start < clock_timestamp() - make_interval(secs => 2)) THEN
+            RETURN 'locked';
         END IF;
         PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
         BEGIN
