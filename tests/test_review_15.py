@@ -92,8 +92,8 @@ def after_first_copy(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]
     original = Conversion._copy_history
     calls: list[int] = []
 
-    def copy(self: Conversion, since: Any, upto: Any) -> int:
-        copied = original(self, since, upto)
+    def copy(self: Conversion, since: Any, upto: Any, **options: Any) -> int:
+        copied = original(self, since, upto, **options)
         calls.append(copied)
         if len(calls) == 1:
             action()

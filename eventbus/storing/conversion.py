@@ -7,8 +7,9 @@ names and drops the old table. Code of the previous release keeps working on the
 table (its marks are UPDATEs that PostgreSQL turns into moves between partitions), so
 listeners may be upgraded before or after.
 
-Events deleted from the old table while history was being copied (an operator's purge)
-are copied all the same; retention drops them with their partition.
+Done events deleted from the old table while history was being copied (an operator's
+purge) are copied all the same; retention drops them with their partition. Dead events
+purged meanwhile stay purged. Ids go on with a gap of a million (``ID_GAP``).
 """
 
 from __future__ import annotations
@@ -46,13 +47,39 @@ def _copy(where: str) -> sql.Composed:
     )
 
 
-# What the final step copies: every event that is not history finished before `upto`.
-# Each part is served by one of the old table's partial indexes (runnable, finished).
+def _replace(where: str) -> sql.Composed:
+    """Copy the events `where` selects, replacing any copy made before."""
+    return sql.SQL(
+        "WITH src AS MATERIALIZED (SELECT {cols} FROM {table} AS e WHERE {where}), "
+        "gone AS (DELETE FROM {next} WHERE id IN (SELECT id FROM src)) "
+        "INSERT INTO {next} ({cols}) SELECT {cols} FROM src"
+    ).format(
+        next=sql.Identifier(NEXT),
+        cols=_COLUMNS,
+        table=sql.Identifier(layout.TABLE),
+        where=sql.SQL(where),
+    )
+
+
+# What the final step copies again: every event that is not history finished before
+# `upto`, every event that was runnable when the copy began (`watched`), and every event
+# written since (above `newest`). Each part is served by an index of the old table.
 _CHANGED = (
     f"e.state IN ('{PENDING}', '{FAILED}')",
     f"e.state IN ('{DONE}', '{DEAD}') AND e.finished_at >= %(upto)s",
     f"e.state IN ('{DONE}', '{DEAD}') AND e.finished_at IS NULL",
+    f"e.id = ANY(%(watched)s) AND e.state IN ('{DONE}', '{DEAD}') AND e.finished_at < %(upto)s",
+    f"e.id > %(newest)s AND e.state IN ('{DONE}', '{DEAD}') AND e.finished_at < %(upto)s",
 )
+# The table's privileges, one row per grantee (NULL: PUBLIC) and privilege; not its
+# owner's, which the new table has as the same owner.
+_GRANTS = (
+    "SELECT r.rolname, a.privilege_type FROM pg_class AS c "
+    "CROSS JOIN LATERAL aclexplode(c.relacl) AS a "
+    "LEFT JOIN pg_roles AS r ON r.oid = a.grantee "
+    "WHERE c.oid = to_regclass(%s) AND a.grantee <> c.relowner ORDER BY 1, 2"
+)
+ID_GAP = 1_000_000
 _HISTORY = (
     f"e.state IN ('{DONE}', '{DEAD}') AND e.finished_at >= %(since)s "
     "AND e.finished_at < %(upto)s AND e.id > %(after)s AND e.id <= %(until)s"
@@ -97,8 +124,20 @@ class Conversion:
         )
         self._atomic([*layout.create(NEXT, layout.TABLE), *layout.functions(schema)])
         self._prepare_history(since)
-        [(upto,)] = self._execute("SELECT now()")
-        copied = self._copy_history("-infinity", upto)
+        # What the copy may miss: an event that was pending, failed or being handled
+        # when it began (a listener's mark may commit a finish time earlier than `upto`
+        # after a batch read the row), and any event written since. The swap copies
+        # these again, whatever their finish time.
+        [(upto, newest, watched)] = self._execute(
+            sql.SQL(
+                "SELECT now(), coalesce((SELECT max(id) FROM {table}), 0), coalesce(("
+                "SELECT array_agg(id) FROM {table} WHERE state IN ({runnable})), '{{}}')"
+            ).format(
+                table=sql.Identifier(layout.TABLE),
+                runnable=sql.SQL(", ").join(map(sql.Literal, (PENDING, FAILED))),
+            )
+        )
+        copied = self._copy_history("-infinity", upto, first=True)
         # Catch up with what finished meanwhile, so the final step has little to copy.
         for _ in range(3):
             [(later,)] = self._execute("SELECT now()")
@@ -107,7 +146,7 @@ class Conversion:
             upto = later
             if caught < BATCH:
                 break
-        window = self._swap(upto)
+        window = self._swap(upto, newest, list(watched))
         if copied or window["rows"]:  # a fresh installation has nothing to report
             self.say(
                 f"eventbus: event table partitioned: {copied} finished event(s) copied while "
@@ -119,8 +158,10 @@ class Conversion:
         """History partitions from the oldest done event's span to two spans ahead."""
         self._execute(layout.PREPARE, [HISTORY_SPAN, 2, 60_000, since])
 
-    def _copy_history(self, since: Any, upto: Any) -> int:
-        """Copy history finished in [since, upto), a batch of ids per transaction."""
+    def _copy_history(self, since: Any, upto: Any, first: bool = False) -> int:
+        """Copy history finished in [since, upto), a batch of ids per transaction. After
+        the first pass, an event copied before (dead then, retried and done since) has
+        its copy replaced, never doubled."""
         [(low, high)] = self._execute(
             sql.SQL("SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM {}").format(
                 sql.Identifier(layout.TABLE)
@@ -131,14 +172,14 @@ class Conversion:
             until = after + BATCH
             with self.connection.cursor() as cursor:
                 cursor.execute(
-                    _copy(_HISTORY),
+                    _copy(_HISTORY) if first else _replace(_HISTORY),
                     {"since": since, "upto": upto, "after": after, "until": until},
                 )
                 copied += cursor.rowcount
             after = until
         return copied
 
-    def _swap(self, upto: Any) -> dict[str, Any]:
+    def _swap(self, upto: Any, newest: int, watched: list[int]) -> dict[str, Any]:
         from django.db import transaction
 
         table, nxt = sql.Identifier(layout.TABLE), sql.Identifier(NEXT)
@@ -148,17 +189,23 @@ class Conversion:
                 sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(WINDOW_LOCK_WAIT))
             )
             self._execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+            params = {"upto": upto, "newest": newest, "watched": watched}
             rows = 0
             for where in _CHANGED:
-                self._execute(
-                    sql.SQL(
-                        "DELETE FROM {next} WHERE id IN (SELECT e.id FROM {table} AS e WHERE {w})"
-                    ).format(next=nxt, table=table, w=sql.SQL(where)),
-                    {"upto": upto},
-                )
                 with self.connection.cursor() as cursor:
-                    cursor.execute(_copy(where), {"upto": upto})
+                    cursor.execute(_replace(where), params)
                     rows += cursor.rowcount
+            # Dead events an operator purged meanwhile stay purged (a done one's copy goes
+            # with its history partition).
+            self._execute(
+                sql.SQL(
+                    "DELETE FROM {dead} AS n WHERE NOT EXISTS (SELECT FROM {table} AS e "
+                    "WHERE e.id = n.id)"
+                ).format(dead=sql.Identifier(layout.DEAD_LETTERS), table=table)
+            )
+            # Ids go on from the old table's sequence, with a gap: a collection opened
+            # in this window (it takes an id from the sequence without the table's lock)
+            # must not share its id with an event.
             [(last,)] = self._execute(
                 sql.SQL(
                     "SELECT greatest((SELECT max(id) FROM {table}), pg_sequence_last_value("
@@ -167,8 +214,10 @@ class Conversion:
             )
             if last:
                 self._execute(
-                    "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s, true)", [NEXT, last]
+                    "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s, true)",
+                    [NEXT, last + ID_GAP],
                 )
+            self._copy_grants()
             self._execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table, sql.Identifier(OLD)))
             self._execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(nxt, table))
             self._execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(OLD)))
@@ -178,6 +227,24 @@ class Conversion:
                 )
             )
             return {"rows": rows, "seconds": time.monotonic() - started}
+
+    def _copy_grants(self) -> None:
+        """The old table's privileges on the new one (writers, a listener role), and the
+        upkeep functions to whoever may delete events (a listener role)."""
+        grants = self._execute(_GRANTS, [layout.TABLE])
+        for grantee, privilege in grants:
+            role = sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee)
+            self._execute(
+                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                    sql.SQL(privilege), sql.Identifier(NEXT), role
+                )
+            )
+            if privilege == "DELETE" and grantee is not None:
+                self._execute(
+                    sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
+                        sql.SQL(", ").join(map(sql.SQL, layout.FUNCTIONS)), role
+                    )
+                )
 
     def to_plain(self) -> None:
         """The reverse, for ``migrate eventbus 0013``: one table again, with the indexes

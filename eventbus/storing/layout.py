@@ -97,6 +97,13 @@ def create(name: str, like: str) -> list[sql.Composed]:
         sql.SQL("CREATE TABLE {d} PARTITION OF {t} FOR VALUES IN ({dead})").format(
             d=sql.Identifier(DEAD_LETTERS), t=t, dead=sql.Literal(DEAD)
         ),
+        # No primary key (a partitioned table's would have to hold the state): a replica
+        # identity of its own on every leaf, so that a publication of all tables (logical
+        # replication, change data capture) does not refuse deletes and updates.
+        *(
+            sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(leaf))
+            for leaf in (*SLOTS, DONE_DEFAULT, DEAD_LETTERS)
+        ),
         # By id: the claim's walk in id order (each queue slot), and look-ups anywhere.
         sql.SQL("CREATE INDEX eventbus_event_by_id ON {t} (id)").format(t=t),
         # A collection's members (events tree, the status API).
@@ -183,46 +190,71 @@ END $$
 """
 
 # History partitions for the spans from `since`'s (now's by default) to `ahead` spans
-# after now's, each `span_seconds` long and aligned to the epoch (UTC). Each is made on
-# its own and then attached, which locks the done history against marks for a moment
-# only; done events that went to the default partition meanwhile (no partition existed)
-# move into it. A span that overlaps an existing partition (the span setting changed) is
-# skipped. Returns how many partitions it made.
+# after now's, each `span_seconds` long and aligned to the epoch (UTC); where partitions
+# exist already (the span setting changed), only the part of a span that none covers.
+# Each is made on its own and then attached, which locks the done history against
+# marks for a moment only; done events that went to the default partition meanwhile (no
+# partition existed) move into it, under the default partition's lock. Each gets a
+# replica identity, so that a publication of all tables (logical replication, change
+# data capture) does not refuse the marks' deletes. Returns how many it made.
 PREPARE_HISTORY = """
 CREATE OR REPLACE FUNCTION eventbus_prepare_history(
     span_seconds integer, ahead integer, lock_wait_ms integer,
     since timestamptz DEFAULT now())
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
 DECLARE
-    lower_bound timestamptz := to_timestamp(
+    span_start timestamptz := to_timestamp(
         floor(extract(epoch FROM least(since, now())) / span_seconds) * span_seconds);
-    last_bound timestamptz := to_timestamp(
+    last_start timestamptz := to_timestamp(
         (floor(extract(epoch FROM now()) / span_seconds) + ahead) * span_seconds);
-    upper_bound timestamptz;
+    span_lo timestamptz;
+    span_hi timestamptz;
+    span_cut timestamptz;
     name text;
     made integer := 0;
 BEGIN
     PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
-    WHILE lower_bound <= last_bound LOOP
-        upper_bound := lower_bound + make_interval(secs => span_seconds);
-        name := 'eventbus_event_done_'
-            || to_char(lower_bound AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MI');
-        IF to_regclass(name) IS NULL THEN
+    CREATE TEMP TABLE IF NOT EXISTS eventbus_history_bounds (lo timestamptz, hi timestamptz)
+        ON COMMIT DROP;
+    TRUNCATE eventbus_history_bounds;
+    INSERT INTO eventbus_history_bounds SELECT b[1]::timestamptz, b[2]::timestamptz
+        FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid,
+        LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid),
+            'FROM \\(''([^'']+)''\\) TO \\(''([^'']+)''\\)') AS b
+        WHERE i.inhparent = 'eventbus_event_done'::regclass AND b IS NOT NULL;
+    WHILE span_start <= last_start LOOP
+        span_lo := span_start;
+        span_hi := span_start + make_interval(secs => span_seconds);
+        WHILE span_lo < span_hi LOOP
+            SELECT max(b.hi) INTO span_cut FROM eventbus_history_bounds AS b
+                WHERE b.lo <= span_lo AND b.hi > span_lo;
+            IF span_cut IS NOT NULL THEN
+                span_lo := span_cut;  -- covered up to there
+                CONTINUE;
+            END IF;
+            SELECT coalesce(min(b.lo), span_hi) INTO span_cut
+                FROM eventbus_history_bounds AS b WHERE b.lo > span_lo AND b.lo < span_hi;
+            name := 'eventbus_event_done_'
+                || to_char(span_lo AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISS');
             BEGIN
+                EXECUTE format('LOCK TABLE eventbus_event_done_default '
+                    'IN ACCESS EXCLUSIVE MODE');
                 EXECUTE format('CREATE TABLE %I (LIKE eventbus_event_done '
                     'INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+                EXECUTE format('ALTER TABLE %I REPLICA IDENTITY FULL', name);
                 EXECUTE format('WITH m AS (DELETE FROM eventbus_event_done_default '
                     'WHERE finished_at >= %L AND finished_at < %L RETURNING *) '
-                    'INSERT INTO %I SELECT * FROM m', lower_bound, upper_bound, name);
+                    'INSERT INTO %I SELECT * FROM m', span_lo, span_cut, name);
                 EXECUTE format('ALTER TABLE eventbus_event_done ATTACH PARTITION %I '
-                    'FOR VALUES FROM (%L) TO (%L)', name, lower_bound, upper_bound);
+                    'FOR VALUES FROM (%L) TO (%L)', name, span_lo, span_cut);
+                INSERT INTO eventbus_history_bounds VALUES (span_lo, span_cut);
                 made := made + 1;
             EXCEPTION
-                WHEN invalid_object_definition THEN NULL;  -- overlaps an existing one
                 WHEN lock_not_available THEN RETURN made;  -- again at the next round
             END;
-        END IF;
-        lower_bound := upper_bound;
+            span_lo := span_cut;
+        END LOOP;
+        span_start := span_start + make_interval(secs => span_seconds);
     END LOOP;
     RETURN made;
 END $$
