@@ -280,3 +280,26 @@ def test_a_listener_backs_off_while_claims_keep_the_drained_slot_locked() -> Non
         assert rotation.run() == "locked" and rotation.interval == 4 * upkeep.CHECK_INTERVAL
         assert not rotation.due()
     assert rotation.run() == "emptied 1" and rotation.interval == upkeep.CHECK_INTERVAL
+
+
+def test_an_operator_planted_in_the_schema_does_not_run_inside_the_upkeep() -> None:
+    """The upkeep runs as the tables' owner: a role that may create objects in the
+    application's schema must not get its own `text || integer` called there."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION planted(text, integer) RETURNS text LANGUAGE sql "
+            "AS $$ SELECT 'planted' $$"
+        )
+        cursor.execute(
+            "CREATE OPERATOR || (LEFTARG = text, RIGHTARG = integer, FUNCTION = planted)"
+        )
+    try:
+        stored.publish({})
+        assert upkeep.rotate_queue(0).endswith("switched")
+        assert upkeep.rotate_queue(NEVER) == "emptied 1"
+        assert upkeep.prepare_history(86400) >= 0
+        assert upkeep.expire_history(timezone.now() - timedelta(days=30)) == 0
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP OPERATOR IF EXISTS || (text, integer)")
+            cursor.execute("DROP FUNCTION IF EXISTS planted(text, integer)")

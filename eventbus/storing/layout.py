@@ -2,10 +2,13 @@
 
 The upkeep (queue rotation, history partitions) runs as SQL functions owned by the
 tables' owner (``SECURITY DEFINER``): a least-privilege listener role may call them but
-holds no DDL right itself. ``EXECUTE`` on them is revoked from ``PUBLIC``
-(``eventbus_role`` grants it). Every lock they take waits at most ``lock_wait_ms``: a
-rotation or a partition change that cannot get its lock gives up and is tried again
-later, so it never stalls the writers or the claims queued behind it for longer.
+holds no DDL right itself. Their ``search_path`` is ``pg_catalog, pg_temp`` and every
+object of ours is named with its schema, so that no role able to create objects in the
+application's schema can slip an operator or a function of its own into them.
+``EXECUTE`` on them is revoked from ``PUBLIC`` (``eventbus_role`` grants it). Every lock
+they take waits at most ``lock_wait_ms``: a rotation or a partition change that cannot
+get its lock gives up and is tried again later, so it never stalls the writers or the
+claims queued behind it for longer.
 """
 
 from __future__ import annotations
@@ -139,8 +142,9 @@ def create(name: str, like: str) -> list[sql.Composed]:
 ROTATE = """
 CREATE OR REPLACE FUNCTION eventbus_rotate_queue(
     max_dead bigint, max_moved integer, lock_wait_ms integer)
-RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    sch constant text := {schema};
     current_slot integer;
     other_slot integer;
     other_name text;
@@ -150,39 +154,44 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended('eventbus:rotate', 0)) THEN
         RETURN 'busy';
     END IF;
-    current_slot := pg_sequence_last_value('eventbus_queue_slot'::regclass)::integer;
+    current_slot := pg_sequence_last_value(
+        format('%I.%I', sch, 'eventbus_queue_slot')::regclass)::integer;
     other_slot := 1 - current_slot;
     other_name := 'eventbus_event_queue_' || other_slot;
-    IF pg_relation_size(other_name::regclass) > 0 THEN
-        EXECUTE format('SELECT count(*) FROM (SELECT FROM %I LIMIT %s) AS s',
-            other_name, max_moved + 1) INTO moved;
+    IF pg_relation_size(format('%I.%I', sch, other_name)::regclass) > 0 THEN
+        EXECUTE format('SELECT count(*) FROM (SELECT FROM %I.%I LIMIT %s) AS s',
+            sch, other_name, max_moved + 1) INTO moved;
         IF moved > max_moved THEN
             RETURN 'backlog';
         END IF;
         -- A transaction of another session that began long before holds it (one that
         -- read the event table and stays open): waiting would only hold up claims.
         IF EXISTS (SELECT FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
-                WHERE l.locktype = 'relation' AND l.relation = other_name::regclass
+                WHERE l.locktype = 'relation'
+                AND l.relation = format('%I.%I', sch, other_name)::regclass
                 AND l.granted AND a.pid <> pg_backend_pid()
                 AND a.xact_start < clock_timestamp() - make_interval(secs => 2)) THEN
             RETURN 'locked';
         END IF;
         PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
         BEGIN
-            EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', other_name);
+            EXECUTE format('LOCK TABLE %I.%I IN ACCESS EXCLUSIVE MODE', sch, other_name);
         EXCEPTION WHEN lock_not_available THEN
             RETURN 'locked';
         END;
-        UPDATE eventbus_event_queue SET slot = current_slot WHERE slot = other_slot;
+        EXECUTE format('UPDATE %I.eventbus_event_queue SET slot = $1 WHERE slot = $2', sch)
+            USING current_slot, other_slot;
         GET DIAGNOSTICS moved = ROW_COUNT;
-        EXECUTE format('TRUNCATE %I', other_name);
+        EXECUTE format('TRUNCATE %I.%I', sch, other_name);
         done := 'emptied ' || moved;
     END IF;
-    IF pg_stat_get_dead_tuples(('eventbus_event_queue_' || current_slot)::regclass)
+    IF pg_stat_get_dead_tuples(
+            format('%I.%I', sch, 'eventbus_event_queue_' || current_slot)::regclass)
             >= max_dead
-        OR pg_total_relation_size(('eventbus_event_queue_' || current_slot)::regclass)
+        OR pg_total_relation_size(
+            format('%I.%I', sch, 'eventbus_event_queue_' || current_slot)::regclass)
             >= 64 * 1024 * 1024 THEN
-        PERFORM setval('eventbus_queue_slot', other_slot, true);
+        PERFORM setval(format('%I.%I', sch, 'eventbus_queue_slot')::regclass, other_slot, true);
         done := concat_ws(', ', nullif(done, ''), 'switched');
     END IF;
     RETURN coalesce(nullif(done, ''), 'small');
@@ -201,8 +210,9 @@ PREPARE_HISTORY = """
 CREATE OR REPLACE FUNCTION eventbus_prepare_history(
     span_seconds integer, ahead integer, lock_wait_ms integer,
     since timestamptz DEFAULT now())
-RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    sch constant text := {schema};
     span_start timestamptz := to_timestamp(
         floor(extract(epoch FROM least(since, now())) / span_seconds) * span_seconds);
     last_start timestamptz := to_timestamp(
@@ -214,40 +224,41 @@ DECLARE
     made integer := 0;
 BEGIN
     PERFORM set_config('lock_timeout', lock_wait_ms || 'ms', true);
-    CREATE TEMP TABLE IF NOT EXISTS eventbus_history_bounds (lo timestamptz, hi timestamptz)
-        ON COMMIT DROP;
-    TRUNCATE eventbus_history_bounds;
-    INSERT INTO eventbus_history_bounds SELECT b[1]::timestamptz, b[2]::timestamptz
+    CREATE TEMP TABLE IF NOT EXISTS pg_temp.eventbus_history_bounds (
+        lo timestamptz, hi timestamptz) ON COMMIT DROP;
+    TRUNCATE pg_temp.eventbus_history_bounds;
+    INSERT INTO pg_temp.eventbus_history_bounds SELECT b[1]::timestamptz, b[2]::timestamptz
         FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid,
         LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid),
             'FROM \\(''([^'']+)''\\) TO \\(''([^'']+)''\\)') AS b
-        WHERE i.inhparent = 'eventbus_event_done'::regclass AND b IS NOT NULL;
+        WHERE i.inhparent = format('%I.%I', sch, 'eventbus_event_done')::regclass
+        AND b IS NOT NULL;
     WHILE span_start <= last_start LOOP
         span_lo := span_start;
         span_hi := span_start + make_interval(secs => span_seconds);
         WHILE span_lo < span_hi LOOP
-            SELECT max(b.hi) INTO span_cut FROM eventbus_history_bounds AS b
+            SELECT max(b.hi) INTO span_cut FROM pg_temp.eventbus_history_bounds AS b
                 WHERE b.lo <= span_lo AND b.hi > span_lo;
             IF span_cut IS NOT NULL THEN
                 span_lo := span_cut;  -- covered up to there
                 CONTINUE;
             END IF;
             SELECT coalesce(min(b.lo), span_hi) INTO span_cut
-                FROM eventbus_history_bounds AS b WHERE b.lo > span_lo AND b.lo < span_hi;
+                FROM pg_temp.eventbus_history_bounds AS b WHERE b.lo > span_lo AND b.lo < span_hi;
             name := 'eventbus_event_done_'
                 || to_char(span_lo AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISS');
             BEGIN
-                EXECUTE format('LOCK TABLE eventbus_event_done_default '
-                    'IN ACCESS EXCLUSIVE MODE');
-                EXECUTE format('CREATE TABLE %I (LIKE eventbus_event_done '
-                    'INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
-                EXECUTE format('ALTER TABLE %I REPLICA IDENTITY FULL', name);
-                EXECUTE format('WITH m AS (DELETE FROM eventbus_event_done_default '
+                EXECUTE format('LOCK TABLE %I.eventbus_event_done_default '
+                    'IN ACCESS EXCLUSIVE MODE', sch);
+                EXECUTE format('CREATE TABLE %I.%I (LIKE %I.eventbus_event_done '
+                    'INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', sch, name, sch);
+                EXECUTE format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', sch, name);
+                EXECUTE format('WITH m AS (DELETE FROM %I.eventbus_event_done_default '
                     'WHERE finished_at >= %L AND finished_at < %L RETURNING *) '
-                    'INSERT INTO %I SELECT * FROM m', span_lo, span_cut, name);
-                EXECUTE format('ALTER TABLE eventbus_event_done ATTACH PARTITION %I '
-                    'FOR VALUES FROM (%L) TO (%L)', name, span_lo, span_cut);
-                INSERT INTO eventbus_history_bounds VALUES (span_lo, span_cut);
+                    'INSERT INTO %I.%I SELECT * FROM m', sch, span_lo, span_cut, sch, name);
+                EXECUTE format('ALTER TABLE %I.eventbus_event_done ATTACH PARTITION %I.%I '
+                    'FOR VALUES FROM (%L) TO (%L)', sch, sch, name, span_lo, span_cut);
+                INSERT INTO pg_temp.eventbus_history_bounds VALUES (span_lo, span_cut);
                 made := made + 1;
             EXCEPTION
                 WHEN lock_not_available THEN RETURN made;  -- again at the next round
@@ -268,8 +279,9 @@ END $$
 # the planner's estimate: a count would read it all).
 EXPIRE_HISTORY = """
 CREATE OR REPLACE FUNCTION eventbus_expire_history(before timestamptz, lock_wait_ms integer)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    sch constant text := {schema};
     part record;
     rows_in bigint;
     removed bigint := 0;
@@ -279,28 +291,30 @@ BEGIN
         SELECT c.relname, c.reltuples, (regexp_match(pg_get_expr(c.relpartbound, c.oid),
             'TO \\(''([^'']+)''\\)'))[1]::timestamptz AS upper_bound
         FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'eventbus_event_done'::regclass
+        WHERE i.inhparent = format('%I.%I', sch, 'eventbus_event_done')::regclass
         ORDER BY 3
     LOOP
         CONTINUE WHEN part.upper_bound IS NULL OR part.upper_bound > before;
         BEGIN
-            IF pg_relation_size(part.relname::regclass) > 64 * 1024 * 1024 THEN
+            IF pg_relation_size(format('%I.%I', sch, part.relname)::regclass)
+                    > 64 * 1024 * 1024 THEN
                 rows_in := greatest(part.reltuples, 0)::bigint;  -- counting would take long
             ELSE
-                EXECUTE format('SELECT count(*) FROM %I', part.relname) INTO rows_in;
+                EXECUTE format('SELECT count(*) FROM %I.%I', sch, part.relname) INTO rows_in;
             END IF;
-            EXECUTE format('TRUNCATE %I', part.relname);
+            EXECUTE format('TRUNCATE %I.%I', sch, part.relname);
             removed := removed + rows_in;
         EXCEPTION WHEN lock_not_available THEN
             CONTINUE;  -- a reader holds it: at the next round
         END;
         BEGIN
-            EXECUTE format('DROP TABLE %I', part.relname);
+            EXECUTE format('DROP TABLE %I.%I', sch, part.relname);
         EXCEPTION WHEN lock_not_available THEN
             NULL;  -- empty now; dropped at a later round
         END;
     END LOOP;
-    DELETE FROM eventbus_event_done_default WHERE finished_at < before;
+    EXECUTE format('DELETE FROM %I.eventbus_event_done_default WHERE finished_at < $1', sch)
+        USING before;
     GET DIAGNOSTICS rows_in = ROW_COUNT;
     RETURN removed + rows_in;
 END $$
@@ -310,7 +324,7 @@ END $$
 def functions(schema: str) -> list[sql.Composed]:
     """Create (or replace) the upkeep functions, executable by their owner only."""
     made = [
-        sql.SQL(source.replace("{schema}", "{}")).format(sql.Identifier(schema))
+        sql.SQL(source.replace("{schema}", "{}")).format(sql.Literal(schema))
         for source in (ROTATE, PREPARE_HISTORY, EXPIRE_HISTORY)
     ]
     return made + [
