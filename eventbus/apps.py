@@ -17,6 +17,7 @@ class EventbusConfig(AppConfig):
         from eventbus.integrations import alerts  # noqa: F401 (its check)
         from eventbus.integrations.tasks import queues
         from eventbus.operating import logs
+        from eventbus.storing import checks  # noqa: F401 (its checks)
 
         logs.install_default(conf.get().LOG_LEVEL)
         autodetector.install()

@@ -13,7 +13,9 @@ from datetime import UTC, timedelta
 
 import psycopg
 import pytest
+from django.core.checks import run_checks
 from django.db import connection, transaction
+from django.test import override_settings
 from django.utils import timezone
 
 from eventbus import Channel, Event, RetryLater
@@ -303,3 +305,16 @@ def test_an_operator_planted_in_the_schema_does_not_run_inside_the_upkeep() -> N
         with connection.cursor() as cursor:
             cursor.execute("DROP OPERATOR IF EXISTS || (text, integer)")
             cursor.execute("DROP FUNCTION IF EXISTS planted(text, integer)")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "check"),
+    [("HISTORY_PARTITION", 60, "eventbus.E050"), ("QUEUE_SLOT_EVENTS", 10, "eventbus.E051")],
+)
+def test_storage_settings_that_would_thrash_fail_the_checks(
+    setting: str, value: int, check: str
+) -> None:
+    with override_settings(EVENTBUS={setting: value}):
+        found = [m.id for m in run_checks(tags=["eventbus"])]
+    assert check in found
+    assert check not in [m.id for m in run_checks(tags=["eventbus"])]
