@@ -2,8 +2,9 @@
 
 Listeners and writers keep running while history is copied; they wait only for the
 final step, which takes the old table's ACCESS EXCLUSIVE lock, copies what changed
-since (the pending and failed events, and what finished during the copy), swaps the
-names and drops the old table. Code of the previous release keeps working on the new
+since (the pending and failed events, everything that finished since the copy began,
+and every event that was runnable then or written since), swaps the names and drops the
+old table. Code of the previous release keeps working on the new
 table (its marks are UPDATEs that PostgreSQL turns into moves between partitions), so
 listeners may be upgraded before or after.
 
@@ -73,11 +74,18 @@ _CHANGED = (
 )
 # The table's privileges, one row per grantee (NULL: PUBLIC) and privilege; not its
 # owner's, which the new table has as the same owner.
+# The table's privileges, and its columns': one row per grantee (NULL: PUBLIC),
+# privilege, column (NULL: the table) and grant option; not its owner's, which the new
+# table has as the same owner.
 _GRANTS = (
-    "SELECT r.rolname, a.privilege_type FROM pg_class AS c "
-    "CROSS JOIN LATERAL aclexplode(c.relacl) AS a "
-    "LEFT JOIN pg_roles AS r ON r.oid = a.grantee "
-    "WHERE c.oid = to_regclass(%s) AND a.grantee <> c.relowner ORDER BY 1, 2"
+    "SELECT r.rolname, a.privilege_type, NULL::name, a.is_grantable FROM pg_class AS c "
+    "CROSS JOIN LATERAL aclexplode(c.relacl) AS a LEFT JOIN pg_roles AS r "
+    "ON r.oid = a.grantee WHERE c.oid = to_regclass(%(table)s) AND a.grantee <> c.relowner "
+    "UNION ALL SELECT r.rolname, a.privilege_type, t.attname, a.is_grantable "
+    "FROM pg_class AS c JOIN pg_attribute AS t ON t.attrelid = c.oid "
+    "CROSS JOIN LATERAL aclexplode(t.attacl) AS a LEFT JOIN pg_roles AS r "
+    "ON r.oid = a.grantee WHERE c.oid = to_regclass(%(table)s) AND t.attnum > 0 "
+    "AND NOT t.attisdropped AND a.grantee <> c.relowner ORDER BY 1, 2, 3"
 )
 ID_GAP = 1_000_000
 _HISTORY = (
@@ -138,14 +146,9 @@ class Conversion:
             )
         )
         copied = self._copy_history("-infinity", upto, first=True)
-        # Catch up with what finished meanwhile, so the final step has little to copy.
-        for _ in range(3):
-            [(later,)] = self._execute("SELECT now()")
-            caught = self._copy_history(upto, later)
-            copied += caught
-            upto = later
-            if caught < BATCH:
-                break
+        # No catch-up pass: ids follow nextval, not commit order, so a pass would miss an
+        # event committed late and marked done (its finish before the pass's bound) after
+        # the pass read it. The swap copies again whatever finished since `upto`.
         window = self._swap(upto, newest, list(watched))
         if copied or window["rows"]:  # a fresh installation has nothing to report
             self.say(
@@ -217,7 +220,7 @@ class Conversion:
                     "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s, true)",
                     [NEXT, last + ID_GAP],
                 )
-            self._copy_grants()
+            self._copy_grants(layout.TABLE, NEXT)
             self._execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table, sql.Identifier(OLD)))
             self._execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(nxt, table))
             self._execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(OLD)))
@@ -228,18 +231,24 @@ class Conversion:
             )
             return {"rows": rows, "seconds": time.monotonic() - started}
 
-    def _copy_grants(self) -> None:
-        """The old table's privileges on the new one (writers, a listener role), and the
-        upkeep functions to whoever may delete events (a listener role)."""
-        grants = self._execute(_GRANTS, [layout.TABLE])
-        for grantee, privilege in grants:
+    def _copy_grants(self, source: str, target: str) -> None:
+        """`source`'s privileges on `target` (writers, a listener role; columns and grant
+        options too), and the upkeep functions to whoever may delete events (a
+        listener role) while they exist."""
+        for grantee, privilege, column, grantable in self._execute(_GRANTS, {"table": source}):
             role = sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee)
             self._execute(
-                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
-                    sql.SQL(privilege), sql.Identifier(NEXT), role
+                sql.SQL("GRANT {privilege}{column} ON TABLE {target} TO {role}{option}").format(
+                    privilege=sql.SQL(privilege),
+                    column=sql.SQL(" ({})").format(sql.Identifier(column))
+                    if column
+                    else sql.SQL(""),
+                    target=sql.Identifier(target),
+                    role=role,
+                    option=sql.SQL(" WITH GRANT OPTION" if grantable else ""),
                 )
             )
-            if privilege == "DELETE" and grantee is not None:
+            if privilege == "DELETE" and grantee is not None and target == NEXT:
                 self._execute(
                     sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
                         sql.SQL(", ").join(map(sql.SQL, layout.FUNCTIONS)), role
@@ -272,6 +281,8 @@ class Conversion:
                 plain
             ),
             *(sql.SQL(index).format(plain) for index in _PLAIN_INDEXES),
+        ]
+        swap: list[Any] = [
             sql.SQL("DROP TABLE {}").format(table),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(plain, table),
             sql.SQL("ALTER SEQUENCE {} RENAME TO {}").format(
@@ -280,7 +291,14 @@ class Conversion:
             *layout.DROP_FUNCTIONS,
             sql.SQL("DROP SEQUENCE IF EXISTS {}").format(sql.Identifier(layout.SLOT_SEQUENCE)),
         ]
-        self._atomic(statements)
+        from django.db import transaction
+
+        with transaction.atomic(using=self.connection.alias):
+            for statement in statements:
+                self._execute(statement)
+            self._copy_grants(layout.TABLE, PLAIN)
+            for statement in swap:
+                self._execute(statement)
 
 
 # The single table's indexes at eventbus 0013 (EventRecord's Meta then).

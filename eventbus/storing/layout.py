@@ -307,6 +307,13 @@ BEGIN
         EXCEPTION WHEN lock_not_available THEN
             CONTINUE;  -- a reader holds it: at the next round
         END;
+        -- DROP locks the done history, and marks wait behind it: not while a
+        -- transaction that began over 2 s ago holds it (a report left open).
+        CONTINUE WHEN EXISTS (SELECT FROM pg_locks AS l
+            JOIN pg_stat_activity AS a ON a.pid = l.pid
+            WHERE l.locktype = 'relation' AND l.granted AND a.pid <> pg_backend_pid()
+            AND l.relation = format('%I.%I', sch, 'eventbus_event_done')::regclass
+            AND a.xact_start < clock_timestamp() - make_interval(secs => 2));
         BEGIN
             EXECUTE format('DROP TABLE %I.%I', sch, part.relname);
         EXCEPTION WHEN lock_not_available THEN
