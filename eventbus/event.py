@@ -17,9 +17,23 @@ STATES = (PENDING, DONE, FAILED, DEAD)
 RUNNABLE = (PENDING, FAILED)
 
 
+_raw_decode = json.JSONDecoder().raw_decode
+
+
 def decode_payload(value: Any) -> Any:
-    """A payload column as Python: psycopg decodes ``json`` itself; text is decoded here."""
-    return json.loads(value) if isinstance(value, str | bytes) else value
+    """A payload column as Python: psycopg decodes ``json`` itself; text is decoded here.
+
+    The claim sends payloads as text (see ``eventbus.sql.claim``). PostgreSQL has already
+    validated it, so the common case, with no whitespace around the value, skips
+    ``json.loads``'s whitespace scans (a third of its cost for a small object); anything
+    else goes through ``json.loads`` whole."""
+    if type(value) is str:
+        try:
+            decoded, end = _raw_decode(value)
+        except ValueError:
+            return json.loads(value)
+        return decoded if end == len(value) else json.loads(value)
+    return json.loads(value) if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)

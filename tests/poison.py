@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import sys
 import time
@@ -135,6 +136,20 @@ def take_time_each(events: list[Event]) -> None:
 def measure(event: Event) -> None:
     blob = event.new["blob"]
     effect(event, f"{len(blob)}:{hashlib.sha256(blob.encode()).hexdigest()}")
+
+
+# Records what its handler received, as sorted JSON: "<old>|<new>".
+spelling = Channel("containment_spelling", operations=(), retry=RetryPolicy(1))
+
+
+@spelling.on
+def record_payloads(event: Event) -> None:
+    note = "|".join(json.dumps(p, sort_keys=True) for p in (event.old, event.new))
+    with connection.cursor() as cursor:  # not effect(): a payload here may be no object
+        cursor.execute(
+            f"INSERT INTO {EFFECT_TABLE} (event_id, note, pid) VALUES (%s, %s, %s)",
+            [event.id, note, os.getpid()],
+        )
 
 
 # Its handler fails every event but the innocent ones (one attempt: they die at once);

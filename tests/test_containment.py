@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import re
 import signal
 import subprocess
@@ -468,6 +469,34 @@ def test_a_large_payload_left_out_of_the_claim_reaches_its_handler_intact() -> N
         small: f"4:{hashlib.sha256(b'tiny').hexdigest()}",
         large: f"{len(blob)}:{digest}",
     }
+
+
+# As PostgreSQL stores them: whitespace around, escapes (a NUL, non-ASCII), a number
+# past 64 bits, a value that is no object, an empty object.
+SPELLINGS = [
+    ' {"a": 1}  ',
+    '{"nul": "a\\u0000b", "cafe": "caf\\u00e9 \u2615", "big": 123456789012345678901234567890, '
+    '"f": 1.5e300, "nested": [1, {"x": null}]}',
+    "[1, 2, 3]",
+    "{}",
+]
+
+
+def test_a_payload_reaches_its_handler_as_stored_whatever_its_json_spelling() -> None:
+    """The claim sends payloads as text and the worker decodes them: each handler gets
+    what `json.loads` makes of the stored JSON, in `old` and in `new`."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO eventbus_event (channel, operation, table_name, old, new) "
+            "SELECT 'containment_spelling', 'UPDATE', 'x', s::json, s::json "
+            "FROM unnest(%s::text[]) WITH ORDINALITY AS t(s, n) ORDER BY n RETURNING id",
+            [SPELLINGS],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+    outcomes = Executor("t").run_batch(scope("containment_spelling"), 100)
+    assert [(o.event_id, o.status) for o in outcomes] == [(i, "done") for i in ids]
+    expected = [json.dumps(json.loads(s), sort_keys=True) for s in SPELLINGS]
+    assert [notes()[i] for i in ids] == [f"{e}|{e}" for e in expected]
 
 
 # --- Review mends: what a handler does to its worker stays with its event -----------------

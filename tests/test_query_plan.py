@@ -83,3 +83,32 @@ def test_a_mark_looks_for_its_events_in_the_queue_only(history: None) -> None:
     found = scans(explain(query, params))
     deleted_from = {r for node, r, _ in found if r not in ("eventbus_event",)}
     assert deleted_from <= QUEUE, found
+
+
+def test_a_mark_finds_its_events_by_id_in_a_slot_that_filled_since_its_statistics() -> None:
+    """The planner reads a slot whole when its statistics say it is small and the ids are
+    bigints (4.8 ms instead of 2.2 for 500 among 30,000, and linear in the slot): every
+    mark the executor sends is pinned to the id index. Here 30,000 events, ids past 2**31,
+    arrive in a slot analyzed while empty; a batch is claimed and marked (64 events: each
+    handler writes, in a savepoint of its own), and no queue slot was read whole in the
+    transaction."""
+    from eventbus.running.executor import Executor
+    from tests import poison
+
+    with connection.cursor() as cursor:
+        cursor.execute(poison.CREATE_EFFECT_TABLE)
+        cursor.execute("ANALYZE eventbus_event")
+        cursor.execute(
+            "INSERT INTO eventbus_event (id, channel, operation, table_name, new) "
+            "SELECT 3000000000 + g, 'containment_plain', 'INSERT', 'x', '{}' "
+            "FROM generate_series(1, 30000) AS g"
+        )
+    outcomes = Executor("t").run_batch(queries.Scope(channels=("containment_plain",)), 500)
+    assert len(outcomes) == 64 and {o.status for o in outcomes} == {"done"}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE relname = ANY(%s)",
+            [sorted(QUEUE)],
+        )
+        read_whole = {name: n for name, n in cursor.fetchall() if n}
+    assert read_whole == {}

@@ -718,17 +718,23 @@ class Executor:
         ]
         # The dashboard's rollup rides in the first mark statement: no round trip of its own.
         rollup_rows = rollup.rows(outcomes, self.writer) if self.settings.ROLLUP else None
+        marks = []
+        if done:
+            seconds = [o.seconds for o in finished]
+            marks.append(sql.mark_done(self.worker_name, done, rollup_rows, seconds, states))
+            rollup_rows = None
+        if errors:
+            marks.append(sql.mark_errors(self.worker_name, errors, rollup_rows, states))
         with connections[self.alias].cursor() as cursor:
-            if not self._client_binding:
-                # A prepared statement's generic plan, made while a queue slot was empty,
-                # would scan the slot whole when it is full: find the rows by id.
+            # Each mark finds its rows by id (see sql.PIN_MARK_PLAN): where Django binds
+            # parameters on the client, pinned in the mark's own string.
+            for query, params in marks:
+                if self._client_binding:
+                    cursor.execute(sql.mark_pinned(query), params)
+                    continue
                 cursor.execute(sql.PIN_MARK_PLAN)
-            if done:
-                seconds = [o.seconds for o in finished]
-                cursor.execute(*sql.mark_done(self.worker_name, done, rollup_rows, seconds, states))
-                rollup_rows = None
-            if errors:
-                cursor.execute(*sql.mark_errors(self.worker_name, errors, rollup_rows, states))
+                cursor.execute(query, params)
+                cursor.execute(sql.UNPIN_MARK_PLAN)
             # Only while someone follows: a notifying commit takes a cluster-wide lock
             # (see eventbus.running.followers). Delivered at this transaction's commit.
             self._announced = followers.watched
