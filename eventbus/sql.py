@@ -79,6 +79,7 @@ def mark_pinned(mark_query: sql.Composable) -> sql.Composed:
     cursor that binds parameters on the client: no round trip of their own."""
     return sql.SQL("{}; {}; {}").format(PIN_MARK_PLAN, mark_query, UNPIN_MARK_PLAN)
 
+
 UNPIN_CLAIM_PLAN = sql.SQL("SET LOCAL enable_bitmapscan = DEFAULT; SET LOCAL enable_sort = DEFAULT")
 
 
