@@ -26,14 +26,22 @@ def decode_payload(value: Any) -> Any:
     The claim sends payloads as text (see ``eventbus.sql.claim``). PostgreSQL has already
     validated it, so the common case, with no whitespace around the value, skips
     ``json.loads``'s whitespace scans (a third of its cost for a small object); anything
-    else goes through ``json.loads`` whole."""
-    if type(value) is str:
-        try:
-            decoded, end = _raw_decode(value)
-        except ValueError:
-            return json.loads(value)
-        return decoded if end == len(value) else json.loads(value)
-    return json.loads(value) if isinstance(value, bytes) else value
+    else goes through ``json.loads`` whole.
+
+    Raises ``MalformedEvent`` for what PostgreSQL stores and Python cannot decode: JSON
+    nested deeper than Python's recursion limit (PostgreSQL takes thousands of levels)."""
+    try:
+        if type(value) is str:
+            try:
+                decoded, end = _raw_decode(value)
+            except ValueError:
+                return json.loads(value)
+            return decoded if end == len(value) else json.loads(value)
+        return json.loads(value) if isinstance(value, bytes) else value
+    except (ValueError, RecursionError) as exc:
+        from eventbus.errors import MalformedEvent
+
+        raise MalformedEvent(f"its payload cannot be decoded: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,18 +103,34 @@ class Event:
     def from_row(cls, row: tuple[Any, ...]) -> Event:
         """Build from a claim query row (see ``eventbus.sql.claim``); later columns of
         the row are the executor's."""
-        id_, channel, operation, table, key, old, new, created_at, attempts = row[:9]
-        caused_by, collection = row[9:11]
+        (
+            id_,
+            channel,
+            operation,
+            table,
+            key,
+            old,
+            new,
+            created_at,
+            attempts,
+            caused_by,
+            collection,
+        ) = row[:11]
         if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
             created_at = datetime.fromtimestamp(created_at, UTC)
+        try:
+            old = None if old is None else decode_payload(old)
+            new = None if new is None else decode_payload(new)
+        except Exception as exc:  # MalformedEvent: say which event
+            raise type(exc)(f"event {id_} ({channel}): {exc}") from None
         return cls(
             id_,
             channel,
             operation,
             table,
             key,
-            decode_payload(old),
-            decode_payload(new),
+            old,
+            new,
             created_at,
             attempts + 1,
             caused_by,

@@ -24,11 +24,25 @@ class PayloadField(models.JSONField):
     def db_type(self, connection: Any) -> str:
         return "json"
 
+    def select_format(self, compiler: Any, sql: str, params: Any) -> tuple[str, Any]:
+        # Read as text and decoded here, not by psycopg: PostgreSQL stores JSON nested
+        # thousands deep, which Python's json cannot decode (RecursionError), and one such
+        # event must not take down the admin's list of events or `events`.
+        sql, params = super().select_format(compiler, sql, params)
+        return f"({sql})::text", params
+
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
-        # Django loads jsonb as text and decodes it; psycopg decodes json itself.
         if isinstance(value, str):
-            return super().from_db_value(value, expression, connection)
+            try:
+                return super().from_db_value(value, expression, connection)
+            except RecursionError:
+                return UNDECODABLE_PAYLOAD
         return value
+
+
+# What the admin and `events` show of a payload that Python cannot decode (a handler
+# never gets one: its event is dead, see eventbus.event.decode_payload).
+UNDECODABLE_PAYLOAD = "(not shown: this payload nests deeper than Python's json decodes)"
 
 
 class EventRecord(models.Model):

@@ -113,8 +113,11 @@ def claim(scope: Scope, limit: int, inline: int = 2**62) -> tuple[sql.Composed, 
 
 
 def payloads(ids: Sequence[int]) -> tuple[sql.Composed, list[Any]]:
-    """The payloads a claim left out for their size (see `claim`)."""
-    query = sql.SQL("SELECT id, old, new FROM {table} WHERE id = ANY(%s)").format(table=TABLE)
+    """The payloads a claim left out for their size (see `claim`), as text: the worker
+    decodes each alone (``Event.from_row``), so one that cannot be is that event's error."""
+    query = sql.SQL("SELECT id, old::text, new::text FROM {table} WHERE id = ANY(%s)").format(
+        table=TABLE
+    )
     return query, [list(ids)]
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -337,3 +338,21 @@ def test_an_event_page_shows_how_long_each_attempt_took(staff: Client) -> None:
     page = staff.get(f"/admin/eventbus/eventrecord/{event_id}/change/").content.decode()
     took = re.findall(r"<td class='eventbus-nowrap'>([\d.]+ ms)</td>", page)
     assert len(took) == 2 and all(float(t.split()[0]) >= 50 for t in took), took
+
+
+def test_an_event_whose_payload_python_cannot_decode_is_listed_and_shown(staff: Client) -> None:
+    """PostgreSQL stores JSON nested thousands deep; Python's json stops at its recursion
+    limit. Before: the list of events and the event's page answered 500."""
+    deep = put("dead", last_error="MalformedEvent: its payload cannot be decoded")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE eventbus_event SET new = (repeat('[', 5000) || repeat(']', 5000))::json "
+            "WHERE id = %s",
+            [deep.pk],
+        )
+    page = staff.get("/admin/eventbus/eventrecord/")
+    assert page.status_code == 200
+    assert [e.pk for e in page.context["cl"].result_list] == [deep.pk]
+    detail = staff.get(f"/admin/eventbus/eventrecord/{deep.pk}/change/")
+    assert detail.status_code == 200
+    assert b"nests deeper than Python" in detail.content

@@ -499,6 +499,44 @@ def test_a_payload_reaches_its_handler_as_stored_whatever_its_json_spelling() ->
     assert [notes()[i] for i in ids] == [f"{e}|{e}" for e in expected]
 
 
+# PostgreSQL stores JSON nested thousands deep; Python's json stops at its recursion
+# limit. Before: the claim raised RecursionError, and the worker started over on the same
+# batch forever, the whole queue behind it stalled.
+DEEP = '{"deep": ' + "[" * 5000 + "]" * 5000 + "}"
+
+
+@pytest.mark.parametrize(
+    "channel", ["containment_plain", "containment_shared", "containment_batch"]
+)
+@pytest.mark.parametrize("budget", [None, 1000], ids=["in the claim", "fetched later"])
+def test_a_payload_nested_deeper_than_python_decodes_is_dead_and_its_batch_runs(
+    channel: str, budget: int | None
+) -> None:
+    """Whether the claim carries the payload or it is fetched before its handler runs
+    (a 1 kB budget leaves it out), under each isolation: that event is dead with the
+    reason, its handler never runs, and the events around it are handled."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO eventbus_event (channel, operation, table_name, new) "
+            "SELECT %s, 'INSERT', 'x', s::json "
+            "FROM unnest(%s::text[]) WITH ORDINALITY AS t(s, n) ORDER BY n RETURNING id",
+            [channel, ["{}", DEEP, "{}"]],
+        )
+        before, deep, after = (row[0] for row in cursor.fetchall())
+    overrides = {} if budget is None else {"PAYLOAD_BUDGET": budget}
+    with override_settings(EVENTBUS={**settings.EVENTBUS, **overrides}):
+        outcomes = Executor("t").run_batch(scope(channel), 3)
+    assert {o.event_id: o.status for o in outcomes} == {
+        before: "done",
+        deep: "dead",
+        after: "done",
+    }
+    assert set(notes()) == {before, after}  # the deep one's handler never ran
+    reason = EventRecord.objects.values_list("last_error", flat=True).get(pk=deep)
+    assert f"MalformedEvent: event {deep} ({channel}): its payload cannot be decoded" in reason
+    assert "maximum recursion depth exceeded" in reason
+
+
 # --- Review mends: what a handler does to its worker stays with its event -----------------
 
 

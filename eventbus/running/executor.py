@@ -45,7 +45,7 @@ from eventbus.declaring import prefetch as prefetching
 from eventbus.declaring import registry, wiring
 from eventbus.declaring.policies import Policies
 from eventbus.declaring.retry import after_attempt
-from eventbus.errors import HandlerTimeout
+from eventbus.errors import HandlerTimeout, MalformedEvent
 from eventbus.event import DEAD, DONE, FAILED, Event, decode_payload
 from eventbus.integrations import alerts, routing, tracing
 from eventbus.operating import metrics, rollup
@@ -212,6 +212,7 @@ class Executor:
         requested, limit = limit, self._claim_size(scope, limit)
         inline = max(1, self.settings.PAYLOAD_BUDGET // max(limit, 1))
         claims: list[Event] = []
+        rows: list[Any] = []
         recorded = False  # the crash ledger holds a start for this batch
         raw = None  # the psycopg connection the claim ran on
         if self._forget_pending:
@@ -223,28 +224,28 @@ class Executor:
                 with connection.cursor() as cursor:
                     raw = connection.connection
                     rows = self._claim_rows(cursor, scope, limit, inline)
-                claims = [from_row(row) for row in rows]
+                claims, undecodable = _events(rows)
                 # what the claim learnt besides the events, for the few it concerns
                 self._lazy = {row[0] for row in rows if row[11]}
                 self._transients = {row[0]: row[12] for row in rows if row[12]}
-                if not claims:
+                if not rows:
                     return []
-                if len(claims) >= limit:
+                if len(rows) >= limit:
                     self.on_full_claim()  # more may be due: handler slots bring in another
-                ids = [e.id for e in claims]
-                starts = [(e.id, e.attempt - 1) for e in claims]
+                ids = [row[0] for row in rows]
+                starts = [(row[0], row[8]) for row in rows]  # (id, attempts so far)
                 suspects: dict[int, int] = {}
                 if self.quarantine is not None:
                     # A suspect's start is never on record while other slots of this
                     # process run handlers: ask first, then take the quarantine's lock.
                     suspects = self.ledger.peek(starts)
-                    if suspects and len(claims) > 1:
+                    if suspects and len(rows) > 1:
                         raise _RunAlone(ids)  # nothing recorded; each runs alone now
                     lock = self.quarantine.exclusive if suspects else self.quarantine.shared
                     handling.enter_context(lock(self.liveness.beat))
                 unfinished = self.ledger.started(starts)
                 recorded = True
-                if unfinished and len(claims) > 1:
+                if unfinished and len(rows) > 1:
                     self.ledger.forget()  # this start never happened: each runs alone now
                     raise _RunAlone(ids)  # rolls the claim back; no handler has run
                 if unfinished and self.quarantine is not None and not suspects:
@@ -255,12 +256,12 @@ class Executor:
                     unfinished = self.ledger.started(starts)
                 with pipelined(connection, triggered_tables(connection)) as self._pipeline:
                     try:
-                        if unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
+                        if claims and unfinished.get(ids[0], 0) >= self.settings.CRASH_LIMIT:
                             # The start just recorded stays: if the on_dead hook kills the
                             # worker too, the next claim knows, and skips the hook.
                             outcomes = [self._crashed(claims[0], unfinished[ids[0]])]
                         else:
-                            outcomes = self._handle_all(claims, connection)
+                            outcomes = undecodable + self._handle_all(claims, connection)
                             self._check_state()
                         # The marks make no event: no cause for them (none is sent if
                         # no handler wrote), and none outlives the claim (run_events runs
@@ -280,10 +281,10 @@ class Executor:
                 self._forget_pending = True
                 with contextlib.suppress(LedgerUnavailable):
                     self._forget_lost_start()
-            if not claims or lost:
+            if not rows or lost:
                 raise  # nothing ran, or the connection is gone: the worker reconnects
             self._discard_connection()
-            raise BatchFailed([e.id for e in claims], exc) from exc
+            raise BatchFailed([row[0] for row in rows], exc) from exc
         if not self._announced and followers.watched:  # a follower came during the commit
             self._announce()
         handled = {o.event_id for o in outcomes}
@@ -315,9 +316,9 @@ class Executor:
             rows = cursor.fetchall()
             if not rows:
                 return []  # another worker holds it, or it is no longer runnable
-            event = Event.from_row(rows[0])
-            outcome = Outcome(event.id, event.queue, event.attempt, DEAD, reason, 0.0)
-            mark = sql.ErrorMark(event.id, DEAD, 0, reason)
+            row = rows[0]  # not decoded: its payload may be what could not be recorded
+            outcome = Outcome(row[0], row[1], row[8] + 1, DEAD, reason, 0.0)
+            mark = sql.ErrorMark(row[0], DEAD, 0, reason)
             counted = rollup.rows([outcome], self.writer) if self.settings.ROLLUP else None
             cursor.execute(*sql.mark_errors(self.worker_name, [mark], counted, scope.states))
             if followers.watched:
@@ -330,7 +331,9 @@ class Executor:
         if deaths > limit:  # the on_dead hook itself killed the worker: not again
             reason += "; its on_dead hook was skipped (the worker died running it)"
         else:
-            self._run_dead_hook(self._with_payload(event), reason)
+            with contextlib.suppress(MalformedEvent):  # else with the payload it has
+                event = self._with_payload(event)
+            self._run_dead_hook(event, reason)
         error = _WorkerDied(reason)
         return Outcome(event.id, event.queue, event.attempt, DEAD, describe(error), 0.0)
 
@@ -420,6 +423,8 @@ class Executor:
         taken: list[Event] = []
         lazy = self._lazy
         policies, liveness, perf_counter = self.policies, self.liveness, time.perf_counter
+        pipeline = self._pipeline
+        inject = self._inject_fault if self.fault_rate > 0 else None
         try:
             with transaction.atomic(using=self.alias), self._loop_limit() as limit:
                 for claim in claims:
@@ -429,9 +434,11 @@ class Executor:
                     timeout = policies[event.queue].timeout
                     liveness.busy(timeout)
                     started = perf_counter()
-                    self._cause([event])
+                    if pipeline is not None:  # see _cause
+                        pipeline.caused_by(event.id, event.collection)
                     limit.rearm(timeout)
-                    self._inject_fault(event)
+                    if inject is not None:
+                        inject(event)
                     registry.handler_for(event.queue).handler(event)
                     if limit.fired:
                         raise Deadline
@@ -468,7 +475,11 @@ class Executor:
             for claim in claims:
                 if outcomes and budget.exhausted():
                     break
-                event = self._with_payload(claim)
+                try:
+                    event = self._with_payload(claim)
+                except MalformedEvent as exc:  # its payload cannot be decoded: no handler
+                    outcomes[claim.id] = self._outcome(claim, exc, 0.0)
+                    continue
                 handler = registry.handler_for(event.queue).handler
                 timeout = policies[event.queue].timeout
                 error: BaseException | None = None
@@ -509,7 +520,10 @@ class Executor:
 
     def _handle_one(self, claim: Event) -> Outcome:
         """One event, its handler in its own savepoint; its on_dead hook if it dies."""
-        event = self._with_payload(claim)
+        try:
+            event = self._with_payload(claim)
+        except MalformedEvent as exc:  # its payload cannot be decoded: no handler runs
+            return self._outcome(claim, exc, 0.0)
         handler = registry.handler_for(event.queue).handler
         error, seconds = self._attempt([event], lambda: handler(event), lazy=True)
         outcome = self._outcome(event, error, seconds)
@@ -527,11 +541,15 @@ class Executor:
         taking their locks in the handler's own order. (Committing singles one by one would
         take locks in event order, and two workers doing so could deadlock.)
         """
-        group = self._with_payloads(claims)
+        group, failed = self._with_payloads(claims)
+        results: dict[int, Outcome] = {  # payloads that cannot be decoded: no handler runs
+            e.id: self._outcome(e, failed[e.id], 0.0) for e in claims if e.id in failed
+        }
+        if not group:
+            return results
         error, seconds = self._attempt(group, lambda: handler(group))
         if error is None or len(group) == 1:
-            return self._group_outcomes(group, error, seconds)
-        results: dict[int, Outcome] = {}
+            return {**results, **self._group_outcomes(group, error, seconds)}
         good = []
         for event in group:
             if budget.exhausted():
@@ -661,22 +679,37 @@ class Executor:
             raise faults.InjectedFault(f"fault injected into attempt {event.attempt}")
 
     def _with_payload(self, event: Event) -> Event:
-        return self._with_payloads([event])[0] if event.id in self._lazy else event
+        """The event with the payload its claim left out; raises ``MalformedEvent`` if it
+        cannot be decoded."""
+        if event.id not in self._lazy:
+            return event
+        loaded, failed = self._with_payloads([event])
+        if failed:
+            raise failed[event.id]
+        return loaded[0]
 
-    def _with_payloads(self, events: list[Event]) -> list[Event]:
-        """The events, with the payloads their claim left out fetched now (under the lock)."""
+    def _with_payloads(self, events: list[Event]) -> tuple[list[Event], dict[int, MalformedEvent]]:
+        """The events, with the payloads their claim left out fetched now (under the lock),
+        and apart, by id, the errors of those whose payloads cannot be decoded."""
         lazy = [e.id for e in events if e.id in self._lazy]
         if not lazy:
-            return events
+            return events, {}
         with connections[self.alias].cursor() as cursor:
             cursor.execute(*sql.payloads(lazy))
             loaded = {row[0]: row[1:] for row in cursor.fetchall()}
-        return [
-            replace(e, old=decode_payload(loaded[e.id][0]), new=decode_payload(loaded[e.id][1]))
-            if e.id in loaded
-            else e
-            for e in events
-        ]
+        ready: list[Event] = []
+        failed: dict[int, MalformedEvent] = {}
+        for e in events:
+            if e.id not in loaded:
+                ready.append(e)
+                continue
+            try:
+                old, new = (decode_payload(p) for p in loaded[e.id])
+            except MalformedEvent as exc:
+                failed[e.id] = MalformedEvent(f"event {e.id} ({e.queue}): {exc}")
+                continue
+            ready.append(replace(e, old=old, new=new))
+        return ready, failed
 
     def _outcome(self, event: Event, error: BaseException | None, seconds: float) -> Outcome:
         transient_errors = self._transients.get(event.id, 0)
@@ -840,6 +873,24 @@ def _release_frames(exc: BaseException) -> None:
     they hold then closes while its savepoint still exists, instead of sending CLOSE later
     into whatever transaction is current (which aborts it)."""
     traceback.clear_frames(exc.__traceback__)
+
+
+def _events(rows: list[Any]) -> tuple[list[Event], list[Outcome]]:
+    """The claimed rows as events; apart, a dead outcome for each row whose payload cannot
+    be decoded (JSON nested deeper than Python decodes): its handler never runs, and the
+    rest of the batch does."""
+    try:
+        return [from_row(row) for row in rows], []
+    except MalformedEvent:
+        pass
+    events: list[Event] = []
+    dead: list[Outcome] = []
+    for row in rows:
+        try:
+            events.append(from_row(row))
+        except MalformedEvent as exc:
+            dead.append(Outcome(row[0], row[1], row[8] + 1, DEAD, describe(exc), 0.0))
+    return events, dead
 
 
 def _bookkeeping(connection: Any) -> tuple[Any, ...]:
