@@ -12,6 +12,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = (
     "throughput",
+    "batch_phases",
     "latency",
     "write_cost",
     "memory",

@@ -27,7 +27,7 @@ LEDGER = sql.Identifier("eventbus_inflight")  # the crash ledger, eventbus.model
 # Python and was a tenth of a worker's time; the float converts in C (Event.from_row).
 # It selects the payloads as text: psycopg's json loader (a Python call per value, and
 # bytes decoded twice) was 0.9 ms of a 500-event batch, three times what decoding the
-# text in Event.from_row costs (measured in bench/profile_batch.py).
+# text in Event.from_row costs (bench/batch_phases.py).
 @dataclass(frozen=True)
 class Scope:
     """Which events a claim may take.
