@@ -59,7 +59,7 @@ def engine(url: str, events: int, batch: int) -> dict[str, float]:
     spent: dict[str, float] = collections.defaultdict(float)
     undo = [
         _timed(executing.Executor, "_claim_rows", "claim", spent),
-        _timed(executing, "_events", "events", spent),
+        _timed(executing, "from_row", "events", spent),  # per row: 0.1 µs of its own
         _timed(ledger.CrashLedger, "started", "ledger", spent),
         _timed(executing.Executor, "_handle_all", "handlers", spent),
         _timed(executing.Executor, "_mark", "mark", spent),
