@@ -476,7 +476,7 @@ _ERROR_CHANGES = {
     "worker": "%(worker)s",
     "last_error": "f.error",
     "errors": "e.errors || jsonb_build_array(jsonb_build_object("
-    "'attempt', e.attempts + 1, 'at', clock_timestamp(), 'worker', %(worker)s, "
+    "'attempt', e.attempts + 1, 'at', clock_timestamp(), 'worker', %(worker)s::text, "
     "'seconds', round(f.seconds::numeric, 4), 'error', left(f.error, %(entry_chars)s)))",
     "transient_errors": "e.transient_errors + f.transient::int",
 }
@@ -794,7 +794,7 @@ def discard(ids: Sequence[int], reason: str) -> tuple[sql.Composed, dict[str, An
         "finished_at": "clock_timestamp()",
         "last_error": "%(reason)s",
         "errors": "e.errors || jsonb_build_array(jsonb_build_object('attempt', e.attempts, "
-        "'at', clock_timestamp(), 'worker', NULL, 'error', %(reason)s))",
+        "'at', clock_timestamp(), 'worker', NULL, 'error', %(reason)s::text))",
     }
     return sql.SQL("{} RETURNING id").format(_move(source, changes)), {
         "ids": list(ids),
