@@ -100,9 +100,10 @@ class Event:
         return tuple(row[name] for name in names)
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Event:
+    def from_row(cls, row: tuple[Any, ...], decode: bool = True) -> Event:
         """Build from a claim query row (see ``eventbus.sql.claim``); later columns of
-        the row are the executor's."""
+        the row are the executor's. `decode` False: without its payload (``old`` and
+        ``new`` None), for an event whose payload cannot be decoded."""
         (
             id_,
             channel,
@@ -119,8 +120,8 @@ class Event:
         if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
             created_at = datetime.fromtimestamp(created_at, UTC)
         try:
-            old = None if old is None else decode_payload(old)
-            new = None if new is None else decode_payload(new)
+            old = None if old is None or not decode else decode_payload(old)
+            new = None if new is None or not decode else decode_payload(new)
         except Exception as exc:  # MalformedEvent: say which event
             raise type(exc)(f"event {id_} ({channel}): {exc}") from None
         return cls(

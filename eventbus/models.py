@@ -25,24 +25,49 @@ class PayloadField(models.JSONField):
         return "json"
 
     def select_format(self, compiler: Any, sql: str, params: Any) -> tuple[str, Any]:
-        # Read as text and decoded here, not by psycopg: PostgreSQL stores JSON nested
-        # thousands deep, which Python's json cannot decode (RecursionError), and one such
-        # event must not take down the admin's list of events or `events`.
+        # Read as text and decoded here, not by psycopg: PostgreSQL stores JSON that
+        # Python's json cannot decode (nested thousands deep, a number of 5,000 digits),
+        # and one such event must not take down the admin's list of events or `events`.
+        # A subquery's column stays json: it may be copied into another payload.
         sql, params = super().select_format(compiler, sql, params)
+        if getattr(compiler.query, "subquery", False):
+            return sql, params
         return f"({sql})::text", params
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         if isinstance(value, str):
             try:
                 return super().from_db_value(value, expression, connection)
-            except RecursionError:
-                return UNDECODABLE_PAYLOAD
+            except (ValueError, RecursionError) as exc:
+                return UndecodablePayload(exc)
         return value
 
+    def get_prep_value(self, value: Any) -> Any:
+        _refuse_to_write(value)
+        return super().get_prep_value(value)
 
-# What the admin and `events` show of a payload that Python cannot decode (a handler
-# never gets one: its event is dead, see eventbus.event.decode_payload).
-UNDECODABLE_PAYLOAD = "(not shown: this payload nests deeper than Python's json decodes)"
+    def value_to_string(self, obj: Any) -> Any:
+        value = self.value_from_object(obj)
+        _refuse_to_write(value)
+        return super().value_to_string(obj)
+
+
+class UndecodablePayload(str):
+    """What the admin and `events` get of a payload that Python cannot decode (a handler
+    never gets one: its event is dead, see ``eventbus.event.decode_payload``): a text
+    that says so. It is never written back, nor serialized, in place of the payload."""
+
+    def __new__(cls, error: BaseException) -> UndecodablePayload:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return super().__new__(cls, f"(not shown: Python cannot decode this payload: {reason})")
+
+
+def _refuse_to_write(value: Any) -> None:
+    if isinstance(value, UndecodablePayload):
+        raise ValueError(
+            "this event's payload could not be decoded when it was read; it cannot be "
+            "written back (update the other columns with QuerySet.update())"
+        )
 
 
 class EventRecord(models.Model):

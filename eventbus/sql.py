@@ -70,8 +70,15 @@ def pin_claim_plan(idle_timeout_ms: int) -> sql.Composed:
 # when its statistics call it small (a slot filled since its last ANALYZE), or when it
 # plans for a prepared statement's generic parameters: 4.8 ms instead of 2.2 for a batch
 # of 500 among 30,000 rows, measured, and linear in the slot's size.
-PIN_MARK_PLAN = sql.SQL("SET LOCAL enable_seqscan = off")
-UNPIN_MARK_PLAN = sql.SQL("SET LOCAL enable_seqscan = DEFAULT")
+# Unpinning restores what the transaction had before, not the default: a mark may run
+# in a caller's transaction (eventbus.testing.run_events) that set its own.
+PIN_MARK_PLAN = sql.SQL(
+    "SELECT set_config('eventbus.seqscan', current_setting('enable_seqscan'), true); "
+    "SET LOCAL enable_seqscan = off"
+)
+UNPIN_MARK_PLAN = sql.SQL(
+    "SELECT set_config('enable_seqscan', current_setting('eventbus.seqscan'), true)"
+)
 
 
 def mark_pinned(mark_query: sql.Composable) -> sql.Composed:
@@ -295,8 +302,9 @@ def events_after(after_id: int) -> tuple[sql.Composed, list[Any]]:
     """Events with an id above `after_id`, oldest first, as ``Event.from_row`` reads them
     (``eventbus.testing``: what a block of code wrote)."""
     query = sql.SQL(
-        "SELECT id, channel, operation, table_name, key, old, new, created_at, attempts, "
-        "caused_by, coalesce(correlation_id, id) FROM {table} WHERE id > %s ORDER BY id"
+        "SELECT id, channel, operation, table_name, key, old::text, new::text, created_at, "
+        "attempts, caused_by, coalesce(correlation_id, id) FROM {table} WHERE id > %s "
+        "ORDER BY id"
     ).format(table=TABLE)
     return query, [after_id]
 

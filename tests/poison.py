@@ -152,6 +152,28 @@ def record_payloads(event: Event) -> None:
         )
 
 
+# Handled, or dead: each leaves a note, "handled" or "on_dead" (tests/test_review_15c.py).
+hooked = Channel("containment_hooked", operations=(), retry=RetryPolicy(1))
+hooked_batch = Channel("containment_hooked_batch", operations=(), retry=RetryPolicy(1))
+
+
+@hooked.on
+def handle_hooked(event: Event) -> None:
+    effect(event, "handled")
+
+
+@hooked_batch.on_batch
+def handle_hooked_batch(events: list[Event]) -> None:
+    for event in events:
+        effect(event, "handled")
+
+
+@hooked.on_dead
+@hooked_batch.on_dead
+def note_the_death(event: Event, error: str) -> None:
+    effect(event, "on_dead")
+
+
 # Its handler fails every event but the innocent ones (one attempt: they die at once);
 # its on_dead hook kills the worker process for the events whose payload asks it to.
 doomed = Channel("containment_doomed", operations=(), retry=RetryPolicy(1))

@@ -261,7 +261,8 @@ class Executor:
                             # worker too, the next claim knows, and skips the hook.
                             outcomes = [self._crashed(claims[0], unfinished[ids[0]])]
                         else:
-                            outcomes = undecodable + self._handle_all(claims, connection)
+                            outcomes = self._handle_all(claims, connection)
+                            outcomes += self._bury_undecodable(undecodable)
                             self._check_state()
                         # The marks make no event: no cause for them (none is sent if
                         # no handler wrote), and none outlives the claim (run_events runs
@@ -324,6 +325,17 @@ class Executor:
             if followers.watched:
                 cursor.execute(sql.NOTIFY_CHANGES)
         return [outcome]
+
+    def _bury_undecodable(self, undecodable: list[tuple[Event, MalformedEvent]]) -> list[Outcome]:
+        """Dead, each with its reason; their on_dead hooks run, given the event without
+        its payload (as a chain's end is given it)."""
+        outcomes = []
+        for event, error in undecodable:
+            outcome = self._outcome(event, error, 0.0)
+            if outcome.status == DEAD:
+                self._run_dead_hook(event, outcome.error or "")
+            outcomes.append(outcome)
+        return outcomes
 
     def _crashed(self, event: Event, deaths: int) -> Outcome:
         limit = self.settings.CRASH_LIMIT
@@ -478,7 +490,9 @@ class Executor:
                 try:
                     event = self._with_payload(claim)
                 except MalformedEvent as exc:  # its payload cannot be decoded: no handler
-                    outcomes[claim.id] = self._outcome(claim, exc, 0.0)
+                    outcome = outcomes[claim.id] = self._outcome(claim, exc, 0.0)
+                    if outcome.status == DEAD:
+                        dying.append((claim, outcome))
                     continue
                 handler = registry.handler_for(event.queue).handler
                 timeout = policies[event.queue].timeout
@@ -523,7 +537,7 @@ class Executor:
         try:
             event = self._with_payload(claim)
         except MalformedEvent as exc:  # its payload cannot be decoded: no handler runs
-            return self._outcome(claim, exc, 0.0)
+            return self._bury_undecodable([(claim, exc)])[0]
         handler = registry.handler_for(event.queue).handler
         error, seconds = self._attempt([event], lambda: handler(event), lazy=True)
         outcome = self._outcome(event, error, seconds)
@@ -542,8 +556,9 @@ class Executor:
         take locks in event order, and two workers doing so could deadlock.)
         """
         group, failed = self._with_payloads(claims)
-        results: dict[int, Outcome] = {  # payloads that cannot be decoded: no handler runs
-            e.id: self._outcome(e, failed[e.id], 0.0) for e in claims if e.id in failed
+        results = {  # payloads that cannot be decoded: no handler runs
+            o.event_id: o
+            for o in self._bury_undecodable([(e, failed[e.id]) for e in claims if e.id in failed])
         }
         if not group:
             return results
@@ -875,22 +890,22 @@ def _release_frames(exc: BaseException) -> None:
     traceback.clear_frames(exc.__traceback__)
 
 
-def _events(rows: list[Any]) -> tuple[list[Event], list[Outcome]]:
-    """The claimed rows as events; apart, a dead outcome for each row whose payload cannot
-    be decoded (JSON nested deeper than Python decodes): its handler never runs, and the
-    rest of the batch does."""
+def _events(rows: list[Any]) -> tuple[list[Event], list[tuple[Event, MalformedEvent]]]:
+    """The claimed rows as events; apart, each whose payload cannot be decoded (JSON
+    nested deeper than Python decodes), without its payload, with the error: its handler
+    never runs, and the rest of the batch does."""
     try:
         return [from_row(row) for row in rows], []
     except MalformedEvent:
         pass
     events: list[Event] = []
-    dead: list[Outcome] = []
+    undecodable: list[tuple[Event, MalformedEvent]] = []
     for row in rows:
         try:
             events.append(from_row(row))
         except MalformedEvent as exc:
-            dead.append(Outcome(row[0], row[1], row[8] + 1, DEAD, describe(exc), 0.0))
-    return events, dead
+            undecodable.append((from_row(row, decode=False), exc))
+    return events, undecodable
 
 
 def _bookkeeping(connection: Any) -> tuple[Any, ...]:

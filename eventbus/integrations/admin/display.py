@@ -68,7 +68,11 @@ def pre(text: str, css: str = "eventbus-pre") -> SafeString:
 
 
 def pretty_json(value: Any) -> SafeString:
-    return pre(json.dumps(value, indent=2, sort_keys=True, default=str))
+    try:
+        text = json.dumps(value, indent=2, sort_keys=True, default=str)
+    except (ValueError, RecursionError) as exc:  # decoded near the recursion limit
+        text = f"(not shown: Python cannot encode this payload: {exc})"
+    return pre(text)
 
 
 def first_line(text: str | None, limit: int) -> str:
