@@ -104,36 +104,13 @@ class Event:
         """Build from a claim query row (see ``eventbus.sql.claim``); later columns of
         the row are the executor's. `decode` False: without its payload (``old`` and
         ``new`` None), for an event whose payload cannot be decoded."""
-        (
-            id_,
-            channel,
-            operation,
-            table,
-            key,
-            old,
-            new,
-            created_at,
-            attempts,
-            caused_by,
-            collection,
-        ) = row[:11]
+        old, new, created_at = row[5:8]
         if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
             created_at = datetime.fromtimestamp(created_at, UTC)
         try:
             old = None if old is None or not decode else decode_payload(old)
             new = None if new is None or not decode else decode_payload(new)
         except Exception as exc:  # MalformedEvent: say which event
-            raise type(exc)(f"event {id_} ({channel}): {exc}") from None
-        return cls(
-            id_,
-            channel,
-            operation,
-            table,
-            key,
-            old,
-            new,
-            created_at,
-            attempts + 1,
-            caused_by,
-            collection,
-        )
+            raise type(exc)(f"event {row[0]} ({row[1]}): {exc}") from None
+        # id, queue, operation, table, key; the payloads; attempts so far + 1; the cause
+        return cls(*row[:5], old, new, created_at, row[8] + 1, row[9], row[10])
