@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eventbus.declaring import registry
+from eventbus.errors import MalformedEvent
 
 PENDING = "pending"
 DONE = "done"
@@ -39,9 +40,19 @@ def decode_payload(value: Any) -> Any:
             return decoded if end == len(value) else json.loads(value)
         return json.loads(value) if isinstance(value, bytes) else value
     except (ValueError, RecursionError) as exc:
-        from eventbus.errors import MalformedEvent
-
         raise MalformedEvent(f"its payload cannot be decoded: {exc}") from None
+
+
+def decode_payloads(event_id: int, queue: str, old: Any, new: Any) -> tuple[Any, Any]:
+    """An event's two payload columns as Python; ``MalformedEvent`` naming the event if
+    either cannot be decoded."""
+    try:
+        return (
+            None if old is None else decode_payload(old),
+            None if new is None else decode_payload(new),
+        )
+    except MalformedEvent as exc:
+        raise MalformedEvent(f"event {event_id} ({queue}): {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +100,6 @@ class Event:
 
     def require(self, *names: str) -> tuple[Any, ...]:
         """The row's values for `names`; a missing one makes the event dead, not retried."""
-        from eventbus.errors import MalformedEvent
-
         row = self.row
         missing = [name for name in names if name not in row]
         if missing:
@@ -107,10 +116,6 @@ class Event:
         old, new, created_at = row[5:8]
         if not isinstance(created_at, datetime):  # epoch seconds, as the claim selects it
             created_at = datetime.fromtimestamp(created_at, UTC)
-        try:
-            old = None if old is None or not decode else decode_payload(old)
-            new = None if new is None or not decode else decode_payload(new)
-        except Exception as exc:  # MalformedEvent: say which event
-            raise type(exc)(f"event {row[0]} ({row[1]}): {exc}") from None
+        old, new = decode_payloads(row[0], row[1], old, new) if decode else (None, None)
         # id, queue, operation, table, key; the payloads; attempts so far + 1; the cause
         return cls(*row[:5], old, new, created_at, row[8] + 1, row[9], row[10])

@@ -46,7 +46,7 @@ from eventbus.declaring import registry, wiring
 from eventbus.declaring.policies import Policies
 from eventbus.declaring.retry import after_attempt
 from eventbus.errors import HandlerTimeout, MalformedEvent
-from eventbus.event import DEAD, DONE, FAILED, Event, decode_payload
+from eventbus.event import DEAD, DONE, FAILED, Event, decode_payloads
 from eventbus.integrations import alerts, routing, tracing
 from eventbus.operating import metrics, rollup
 from eventbus.running import faults, followers
@@ -719,9 +719,9 @@ class Executor:
                 ready.append(e)
                 continue
             try:
-                old, new = (decode_payload(p) for p in loaded[e.id])
+                old, new = decode_payloads(e.id, e.queue, *loaded[e.id])
             except MalformedEvent as exc:
-                failed[e.id] = MalformedEvent(f"event {e.id} ({e.queue}): {exc}")
+                failed[e.id] = exc
                 continue
             ready.append(replace(e, old=old, new=new))
         return ready, failed
